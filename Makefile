@@ -1,0 +1,44 @@
+# The one entry point for humans and CI: make run | test | lint | bench.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help venv run test lint unit integration clean
+
+help:
+	@echo "make run    start the local stack (Kafka, PostgreSQL) and the service"
+	@echo "make test   lint, then the whole test suite against real Kafka and PostgreSQL"
+	@echo "make lint   ruff and mypy --strict"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	INGEST_LOG_FORMAT=$${INGEST_LOG_FORMAT:-console} $(BIN)/ingest-worker dev
+
+lint: venv
+	$(BIN)/ruff check ingest_worker tests
+	$(BIN)/ruff format --check ingest_worker tests
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+integration: venv
+	$(BIN)/pytest tests/integration
+
+clean:
+	rm -rf $(VENV) .local .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,141 @@
+"""Typed settings, read once from the environment and passed explicitly."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from ingest_worker.errors import ConfigError
+
+StackMode = Literal["auto", "local", "docker"]
+LogFormat = Literal["json", "console"]
+
+
+def _setting(env: str, default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of every process; one field per environment variable."""
+
+    kafka_bootstrap_servers: str | None = _setting(
+        "KAFKA_BOOTSTRAP_SERVERS",
+        None,
+        "Kafka bootstrap address. Unset: `make run` and the tests start a local broker.",
+    )
+    database_url: str | None = _setting(
+        "DATABASE_URL",
+        None,
+        "PostgreSQL connection URL. Unset: `make run` and the tests start a local server.",
+        secret=True,
+    )
+    admin_token: str | None = _setting(
+        "INGEST_ADMIN_TOKEN",
+        None,
+        "Bootstrap admin token. Unset: `make run` generates one and prints it.",
+        secret=True,
+    )
+    api_host: str = _setting("INGEST_API_HOST", "127.0.0.1", "Address the API listens on.")
+    api_port: int = _setting("INGEST_API_PORT", 8080, "Port the API listens on.")
+    raw_topic: str = _setting(
+        "INGEST_RAW_TOPIC", "integration-events.raw", "Topic the shim publishes raw events to."
+    )
+    accepted_topic: str = _setting(
+        "INGEST_ACCEPTED_TOPIC",
+        "integration-events.accepted",
+        "Topic of accepted events (Avro).",
+    )
+    rejected_topic: str = _setting(
+        "INGEST_REJECTED_TOPIC",
+        "integration-events.rejected",
+        "Topic of rejected events (JSON, with a reason).",
+    )
+    group_id: str = _setting("INGEST_GROUP_ID", "ingest-worker", "Consumer group of the workers.")
+    migrate_lock_timeout_s: float = _setting(
+        "INGEST_MIGRATE_LOCK_TIMEOUT_S",
+        120.0,
+        "How long `migrate` waits for another replica's migration lock before failing.",
+    )
+    log_level: str = _setting("INGEST_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING...).")
+    log_format: LogFormat = _setting(
+        "INGEST_LOG_FORMAT", "json", "`json` (one object per line) or `console`."
+    )
+    stack_mode: StackMode = _setting(
+        "INGEST_STACK_MODE",
+        "auto",
+        "Local stack when endpoints are unset: `auto` (Docker if it answers, else local "
+        "processes), `local` or `docker`.",
+    )
+    stack_dir: Path = _setting(
+        "INGEST_STACK_DIR",
+        Path(".local"),
+        "Directory of the local stack: Kafka jars, data and logs.",
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Parse the settings from an environment mapping; raise ConfigError on bad values."""
+        values = {
+            f.name: _parse(f, environ[f.metadata["env"]])
+            for f in dataclasses.fields(cls)
+            if environ.get(f.metadata["env"], "") != ""
+        }
+        return cls(**values)
+
+    def masked(self) -> dict[str, str]:
+        """The settings as printable strings, secrets masked."""
+        return {f.name: _display(f, getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    env = f.metadata["env"]
+    kind = f.type if isinstance(f.type, str) else str(f.type)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{env}={raw!r} is not a valid {kind}") from exc
+    choices = _LITERALS.get(kind)
+    if choices is not None and raw not in choices:
+        raise ConfigError(f"{env}={raw!r} must be one of {', '.join(choices)}")
+    return raw
+
+
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "StackMode": get_args(StackMode),
+    "LogFormat": get_args(LogFormat),
+}
+
+
+def _display(f: dataclasses.Field[Any], value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if f.metadata["secret"]:
+        return _mask_url(str(value)) if "://" in str(value) else "****"
+    return str(value)
+
+
+def _mask_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:****@{host}"
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the Settings fields."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = "(unset)" if f.default is None else f"`{f.default}`"
+        rows.append(f"| `{f.metadata['env']}` | {default} | {f.metadata['doc']} |")
+    return "\n".join(rows)

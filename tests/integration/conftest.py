@@ -1,0 +1,120 @@
+"""Session fixtures: one real Kafka broker and one real PostgreSQL server per test run.
+
+Endpoints from the environment win (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL); otherwise the
+services are started once for the session (Docker if it answers, else local processes).
+Each run gets its own topic names and databases, so runs and tests don't see each other.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from psycopg import conninfo, sql
+
+from ingest_worker.config import Settings
+from ingest_worker.devstack.stack import Endpoints, services
+from ingest_worker.migrate import migrate
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+NewDatabase = Callable[[], str]
+NewTopicFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings from the environment, as a process would read them."""
+    return Settings.from_env(os.environ)
+
+
+@pytest.fixture(scope="session")
+def endpoints(settings: Settings) -> Iterator[Endpoints]:
+    """The running services, started once for the whole session when not given."""
+    work_dir = settings.stack_dir / "test-runs" / RUN_ID
+    with services(settings, work_dir, durable=False) as found:
+        yield found
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(endpoints: Endpoints) -> str:
+    """Bootstrap address of the session's broker."""
+    return endpoints.kafka_bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def server_url(endpoints: Endpoints) -> str:
+    """URL of the session's PostgreSQL server (its maintenance database)."""
+    return endpoints.database_url
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    return conninfo.make_conninfo(url, dbname=dbname)
+
+
+@pytest.fixture(scope="session")
+def new_database(server_url: str) -> Iterator[NewDatabase]:
+    """A factory of empty databases, named for this run, dropped at the end of the session."""
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"ingest_{RUN_ID}_{len(created)}"
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created.append(name)
+        return _with_dbname(server_url, name)
+
+    yield create
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        for name in created:
+            query = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(query.format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_database(new_database: NewDatabase) -> str:
+    """A fresh database with no tables, for this test alone."""
+    return new_database()
+
+
+@pytest.fixture
+async def database_url(empty_database: str, settings: Settings) -> str:
+    """A fresh database with every migration applied, for this test alone."""
+    await migrate(empty_database, lock_timeout_s=settings.migrate_lock_timeout_s)
+    return empty_database
+
+
+@pytest.fixture
+async def new_topic(
+    kafka_bootstrap: str, request: pytest.FixtureRequest
+) -> AsyncIterator[NewTopicFactory]:
+    """A factory of topics whose names are unique to this run and test."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    stem = re.sub(r"[^a-zA-Z0-9._-]", "_", request.node.name)[:80]
+    count = 0
+
+    async def create(partitions: int = 3) -> str:
+        nonlocal count
+        count += 1
+        name = f"test.{RUN_ID}.{stem}.{count}"
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+        return name
+
+    try:
+        yield create
+    finally:
+        await admin.close()
+
+
+def project_root() -> Path:
+    """The checkout this test suite belongs to."""
+    return Path(__file__).resolve().parents[2]
