@@ -120,7 +120,9 @@ async def _apply_all(conn: AsyncConnection, available: list[Migration]) -> list[
 
 
 async def _apply_one(conn: AsyncConnection, migration: Migration) -> None:
-    log.info("applying migration", extra={"version": migration.version, "migration": migration.name})
+    log.info(
+        "applying migration", extra={"version": migration.version, "migration": migration.name}
+    )
     async with conn.transaction():
         await conn.execute(migration.sql.encode())
         await conn.execute(
