@@ -8,10 +8,12 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from ingest_worker import config, logs
+from ingest_worker import config, logs, tokens
 from ingest_worker.config import Settings
 from ingest_worker.errors import IngestError
 from ingest_worker.migrate import migrate
@@ -22,6 +24,7 @@ log = logging.getLogger("ingest_worker")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("api", help="serve the HTTP API (ingest, import, management, health)")
     sub.add_parser("migrate", help="apply pending database migrations (safe to run concurrently)")
     sub.add_parser("dev", help="start the local stack (what `make run` runs) and wait for Ctrl-C")
     sub.add_parser("config", help="print the configuration table (markdown) and exit")
@@ -39,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.setup(settings.log_level, settings.log_format)
         if args.command == "migrate":
             return _migrate(settings)
+        if args.command == "api":
+            return _api(settings)
         return _dev(settings)
     except IngestError as exc:
         print(f"ingest-worker: {exc}", file=sys.stderr)
@@ -56,25 +61,62 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _dev(settings: Settings) -> int:
-    from ingest_worker.devstack.stack import services
+def _api(settings: Settings) -> int:
+    from ingest_worker.api.serve import serve
 
-    work_dir = settings.stack_dir / "run"
-    shutil.rmtree(work_dir, ignore_errors=True)
-    with services(settings, work_dir, durable=True) as endpoints:
-        asyncio.run(migrate(endpoints.database_url, lock_timeout_s=settings.migrate_lock_timeout_s))
-        print(_banner(endpoints.kafka_bootstrap_servers, endpoints.database_url), flush=True)
-        _wait_for_stop_signal()
+    asyncio.run(serve(settings))
     return 0
 
 
-def _banner(bootstrap: str, database_url: str) -> str:
+def _dev(settings: Settings) -> int:
+    from ingest_worker.devstack.stack import services
+    from ingest_worker.devstack.topics import ensure_topics
+
+    work_dir = settings.stack_dir / "run"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    admin_token = settings.admin_token or tokens.generate()
+    with services(settings, work_dir, durable=True) as endpoints:
+        bootstrap, database_url = endpoints.kafka_bootstrap_servers, endpoints.database_url
+        asyncio.run(migrate(database_url, lock_timeout_s=settings.migrate_lock_timeout_s))
+        asyncio.run(ensure_topics(bootstrap, settings))
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": database_url,
+            "INGEST_ADMIN_TOKEN": admin_token,
+        }
+        with _children(env, ["api"]):
+            api_url = f"http://{settings.api_host}:{settings.api_port}"
+            print(_banner(api_url, bootstrap, database_url, admin_token), flush=True)
+            _wait_for_stop_signal()
+    return 0
+
+
+@contextmanager
+def _children(env: dict[str, str], commands: list[str]) -> Iterator[None]:
+    """Run `ingest-worker <command>` processes beside the stack; stop them (SIGTERM) on exit."""
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "ingest_worker", command], env=env)
+        for command in commands
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
+def _banner(api_url: str, bootstrap: str, database_url: str, admin_token: str) -> str:
     return "\n".join(
         [
             "",
-            "ingest-worker local stack is up (Ctrl-C stops it)",
+            "ingest-worker is up (Ctrl-C stops it)",
+            f"  API                      {api_url}",
             f"  KAFKA_BOOTSTRAP_SERVERS={bootstrap}",
             f"  DATABASE_URL={database_url}",
+            f"  INGEST_ADMIN_TOKEN={admin_token}",
             "",
         ]
     )

@@ -55,6 +55,36 @@ class Settings:
         "Topic of rejected events (JSON, with a reason).",
     )
     group_id: str = _setting("INGEST_GROUP_ID", "ingest-worker", "Consumer group of the workers.")
+    max_body_bytes: int = _setting(
+        "INGEST_MAX_BODY_BYTES", 1_048_576, "Largest ingest or management body (413 above)."
+    )
+    max_import_bytes: int = _setting(
+        "INGEST_MAX_IMPORT_BYTES", 10_485_760, "Largest import body (413 above)."
+    )
+    rate_limit_per_s: float = _setting(
+        "INGEST_RATE_LIMIT_PER_S",
+        2000.0,
+        "Requests per second per token (token bucket; 0 turns it off). 429 above.",
+    )
+    rate_limit_burst: float = _setting(
+        "INGEST_RATE_LIMIT_BURST", 4000.0, "Bucket size: requests a token may send at once."
+    )
+    publish_timeout_s: float = _setting(
+        "INGEST_PUBLISH_TIMEOUT_S",
+        5.0,
+        "Longest wait for Kafka's acknowledgement before answering 503.",
+    )
+    producer_linger_ms: int = _setting(
+        "INGEST_PRODUCER_LINGER_MS", 5, "Producer batching delay (ms)."
+    )
+    auth_refresh_s: float = _setting(
+        "INGEST_AUTH_REFRESH_S",
+        5.0,
+        "Longest time a revoked token keeps working if a change notification is lost.",
+    )
+    db_pool_max: int = _setting(
+        "INGEST_DB_POOL_MAX", 10, "PostgreSQL connections per process, at most."
+    )
     migrate_lock_timeout_s: float = _setting(
         "INGEST_MIGRATE_LOCK_TIMEOUT_S",
         120.0,

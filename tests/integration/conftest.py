@@ -7,6 +7,7 @@ Each run gets its own topic names and databases, so runs and tests don't see eac
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -21,7 +23,9 @@ from psycopg import conninfo, sql
 
 from ingest_worker.config import Settings
 from ingest_worker.devstack.stack import Endpoints, services
+from ingest_worker.devstack.topics import ensure_topics
 from ingest_worker.migrate import migrate
+from tests.integration.apiserver import RunningApi, running_api
 
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -118,3 +122,49 @@ async def new_topic(
 def project_root() -> Path:
     """The checkout this test suite belongs to."""
     return Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+async def api_database(new_database: NewDatabase, settings: Settings) -> str:
+    """One migrated database shared by the API tests (each test makes its own integration)."""
+    url = new_database()
+    await migrate(url, lock_timeout_s=settings.migrate_lock_timeout_s)
+    return url
+
+
+@pytest.fixture(scope="session")
+async def api_settings(settings: Settings, kafka_bootstrap: str) -> Settings:
+    """Settings of the shared API: topics named for this run, created up front."""
+    found = dataclasses.replace(
+        settings,
+        raw_topic=f"test.{RUN_ID}.raw",
+        accepted_topic=f"test.{RUN_ID}.accepted",
+        rejected_topic=f"test.{RUN_ID}.rejected",
+    )
+    await ensure_topics(kafka_bootstrap, found, partitions=3)
+    return found
+
+
+@pytest.fixture(scope="session")
+async def api(
+    api_settings: Settings, kafka_bootstrap: str, api_database: str
+) -> AsyncIterator[RunningApi]:
+    """The real API, served once for the session."""
+    async with running_api(api_settings, kafka_bootstrap, api_database) as served:
+        yield served
+
+
+@pytest.fixture
+async def admin_client(api: RunningApi) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client holding the admin token."""
+    async with api.client() as client:
+        yield client
+
+
+@pytest.fixture
+async def integration_id(admin_client: httpx.AsyncClient) -> int:
+    """A new integration for this test alone."""
+    answer = await admin_client.post("/v1/integrations", json={"name": "test"})
+    assert answer.status_code == 200, answer.text
+    found: int = answer.json()["integration"]["id"]
+    return found

@@ -1,0 +1,1 @@
+"""The HTTP shim: ingest, import, management, health (`ingest-worker api`)."""

@@ -1,0 +1,141 @@
+"""What every route shares: its dependencies, body reading, auth and JSON answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest_worker.auth import AuthCache, Principal
+from ingest_worker.auth import load as load_auth
+from ingest_worker.config import Settings
+from ingest_worker.metrics import ApiMetrics
+from ingest_worker.problems import Problem, invalid, not_found
+from ingest_worker.publish import Publisher
+from ingest_worker.ratelimit import RateLimiter
+from ingest_worker.shape import BadJsonError, FieldError, check, parse_json
+from ingest_worker.store import Store
+
+INT32_MAX = 2**31 - 1
+MANAGEMENT_SCHEMA = "management.schema.json"
+
+
+@dataclass
+class Deps:
+    """The API process's resources, built by the lifespan and read by handlers."""
+
+    settings: Settings
+    auth: AuthCache
+    publisher: Publisher
+    store: Store
+    limiter: RateLimiter
+    metrics: ApiMetrics
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+
+async def refresh_auth(request: Request) -> None:
+    """Reload tokens and integrations now, so this process sees its own writes at once
+    (other processes follow on the change notification)."""
+    d = deps(request)
+    async with d.store.tx() as conn:
+        d.auth.replace(*await load_auth(conn))
+
+
+def deps(request: Request) -> Deps:
+    found: Deps = request.app.state.deps
+    return found
+
+
+def json_response(document: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(document), status, media_type="application/json")
+
+
+def path_id(request: Request, name: str, what: str) -> int:
+    """An int32 path parameter; anything larger cannot exist, so it is a 404."""
+    value = int(request.path_params[name])
+    if value > INT32_MAX:
+        raise not_found(what)
+    return value
+
+
+def caller(request: Request, integration_id: int | None = None) -> Principal:
+    """Authenticate, then (with an integration) authorize; 401 or 404 problems."""
+    auth = deps(request).auth
+    principal = auth.authenticate(request.headers.get("authorization"))
+    if integration_id is not None:
+        auth.authorize(principal, integration_id)
+    return principal
+
+
+def admin(request: Request) -> Principal:
+    """Management routes take an admin token; an integration token gets 404, as if absent."""
+    principal = caller(request)
+    if not principal.is_admin:
+        raise not_found("resource")
+    return principal
+
+
+def rate_limit(request: Request, principal: Principal) -> None:
+    """429 with Retry-After when the caller's token bucket is empty."""
+    d = deps(request)
+    key = principal.token_id if principal.token_id is not None else "bootstrap-admin"
+    wait_s = d.limiter.check(key, d.clock())
+    if wait_s:
+        raise Problem(429, "rate_limited", "too many requests", retry_after_s=wait_s)
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared as JSON."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise Problem(415, "unsupported_media_type", "send the body as application/json")
+
+
+async def read_body(request: Request, limit_bytes: int) -> bytes:
+    """The whole body, or a 413 as soon as it exceeds the limit (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise _too_large(limit_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise _too_large(limit_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit_bytes: int) -> Problem:
+    return Problem(413, "body_too_large", f"the body exceeds {limit_bytes} bytes")
+
+
+def decode(body: bytes) -> Any:
+    """The body as JSON, or a 400 `invalid_json` with the decoder's reason."""
+    try:
+        return parse_json(body)
+    except BadJsonError as exc:
+        raise Problem(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
+
+
+async def json_body(request: Request, definition: str) -> dict[str, Any]:
+    """A management request body, checked against its `$defs` entry."""
+    require_json(request)
+    document = decode(await read_body(request, deps(request).settings.max_body_bytes))
+    errors = check(MANAGEMENT_SCHEMA, definition, document)
+    if errors:
+        raise invalid(errors)
+    found: dict[str, Any] = document
+    return found
+
+
+def limit_param(request: Request) -> int:
+    """`limit` query parameter: 1..100, default 50."""
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise invalid([FieldError("limit", "must be an integer from 1 to 100", raw)])
+    return int(raw)

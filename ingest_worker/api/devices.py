@@ -1,0 +1,131 @@
+"""`/v1/integrations/{id}/devices`: external ids are unique per integration and immutable."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingest_worker import store
+from ingest_worker.api.common import admin, deps, json_body, json_response, limit_param, path_id
+from ingest_worker.problems import invalid
+from ingest_worker.shape import FieldError
+from ingest_worker.store import DEVICE_COLUMNS
+
+BASE = "/v1/integrations/{integration_id:int}/devices"
+
+
+async def create(request: Request) -> Response:
+    admin(request)
+    integration_id = path_id(request, "integration_id", "integration")
+    body = await json_body(request, "device_input")
+    async with deps(request).store.tx() as conn:
+        await store.integration_exists(conn, integration_id)
+        row = await store.one(
+            conn,
+            "INSERT INTO devices (integration_id, name, external_id, tags, camera_ids) "
+            f"VALUES (%s, %s, %s, %s, %s) RETURNING {DEVICE_COLUMNS}",
+            (
+                integration_id,
+                body["name"],
+                body.get("external_id"),
+                body.get("tags", []),
+                body.get("camera_ids", []),
+            ),
+            "device",
+        )
+    return json_response({"integration_device": row})
+
+
+async def list_all(request: Request) -> Response:
+    admin(request)
+    integration_id = path_id(request, "integration_id", "integration")
+    limit = limit_param(request)
+    external_id = request.query_params.get("external_id")
+    if external_id is not None and not 1 <= len(external_id) <= 255:
+        raise invalid([FieldError("external_id", "must be 1..255 characters")])
+    async with deps(request).store.tx() as conn:
+        await store.integration_exists(conn, integration_id)
+        found = await store.page(
+            conn,
+            DEVICE_COLUMNS,
+            "devices",
+            store.by_integration(integration_id, external_id=external_id),
+            request.query_params.get("cursor"),
+            limit,
+        )
+    return json_response(
+        {"integration_devices": found.items, "prev": found.prev, "next": found.next}
+    )
+
+
+async def read(request: Request) -> Response:
+    admin(request)
+    async with deps(request).store.tx() as conn:
+        row = await store.one(
+            conn,
+            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE integration_id = %s AND id = %s",
+            _ids(request),
+            "device",
+        )
+    return json_response({"integration_device": row})
+
+
+async def update(request: Request) -> Response:
+    """Name and tags; fields left out keep their value. The external id never changes."""
+    admin(request)
+    ids = _ids(request)
+    body = await json_body(request, "device_update")
+    async with deps(request).store.tx() as conn:
+        row = await store.one(
+            conn,
+            "UPDATE devices SET name = COALESCE(%s, name), tags = COALESCE(%s, tags) "
+            f"WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
+            (body.get("name"), body.get("tags"), *ids),
+            "device",
+        )
+    return json_response({"integration_device": row})
+
+
+async def update_cameras(request: Request) -> Response:
+    admin(request)
+    ids = _ids(request)
+    body = await json_body(request, "device_cameras")
+    async with deps(request).store.tx() as conn:
+        row = await store.one(
+            conn,
+            "UPDATE devices SET camera_ids = %s WHERE integration_id = %s AND id = %s "
+            f"RETURNING {DEVICE_COLUMNS}",
+            (body["camera_ids"], *ids),
+            "device",
+        )
+    return json_response({"integration_device": row})
+
+
+async def delete(request: Request) -> Response:
+    admin(request)
+    async with deps(request).store.tx() as conn:
+        row = await store.one(
+            conn,
+            f"DELETE FROM devices WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
+            _ids(request),
+            "device",
+        )
+    return json_response({"integration_device": row})
+
+
+def _ids(request: Request) -> tuple[int, int]:
+    return (
+        path_id(request, "integration_id", "integration"),
+        path_id(request, "device_id", "device"),
+    )
+
+
+ROUTES = [
+    Route(BASE, create, methods=["POST"]),
+    Route(BASE, list_all, methods=["GET"]),
+    Route(BASE + "/{device_id:int}", read, methods=["GET"]),
+    Route(BASE + "/{device_id:int}", update, methods=["PUT"]),
+    Route(BASE + "/{device_id:int}", delete, methods=["DELETE"]),
+    Route(BASE + "/{device_id:int}/cameras", update_cameras, methods=["PUT"]),
+]

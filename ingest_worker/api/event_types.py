@@ -1,0 +1,129 @@
+"""`/v1/integrations/{id}/event-types`: JSON Schema and Device ID Template checked on save.
+
+PUT replaces the type; every change bumps its version and is announced to the workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingest_worker import store
+from ingest_worker.api.common import admin, deps, json_body, json_response, limit_param, path_id
+from ingest_worker.event_types import check_definition
+from ingest_worker.problems import invalid
+from ingest_worker.store import EVENT_TYPE_COLUMNS
+
+BASE = "/v1/integrations/{integration_id:int}/event-types"
+
+
+async def _definition(request: Request) -> tuple[Any, ...]:
+    body = await json_body(request, "event_type_input")
+    errors = check_definition(body)
+    if errors:
+        raise invalid(errors, "the event type is invalid")
+    return (
+        body["name"],
+        store.jsonb(body["schema"]),
+        body.get("duration", 0),
+        body.get("buffer", 0),
+        body.get("external_device_id_template"),
+    )
+
+
+async def create(request: Request) -> Response:
+    admin(request)
+    integration_id = path_id(request, "integration_id", "integration")
+    values = await _definition(request)
+    async with deps(request).store.tx() as conn:
+        await store.integration_exists(conn, integration_id)
+        row = await store.one(
+            conn,
+            "INSERT INTO event_types (integration_id, name, schema, duration_ms, buffer_ms, "
+            f"external_device_id_template) VALUES (%s, %s, %s, %s, %s, %s) "
+            f"RETURNING {EVENT_TYPE_COLUMNS}",
+            (integration_id, *values),
+            "event type",
+        )
+    return json_response({"integration_event_type": row})
+
+
+async def list_all(request: Request) -> Response:
+    admin(request)
+    integration_id = path_id(request, "integration_id", "integration")
+    limit = limit_param(request)
+    async with deps(request).store.tx() as conn:
+        await store.integration_exists(conn, integration_id)
+        found = await store.page(
+            conn,
+            EVENT_TYPE_COLUMNS,
+            "event_types",
+            store.by_integration(integration_id),
+            request.query_params.get("cursor"),
+            limit,
+        )
+    return json_response(
+        {"integration_event_types": found.items, "prev": found.prev, "next": found.next}
+    )
+
+
+async def read(request: Request) -> Response:
+    admin(request)
+    ids = _ids(request)
+    async with deps(request).store.tx() as conn:
+        row = await store.one(
+            conn,
+            f"SELECT {EVENT_TYPE_COLUMNS} FROM event_types WHERE integration_id = %s AND id = %s",
+            ids,
+            "event type",
+        )
+    return json_response({"integration_event_type": row})
+
+
+async def replace(request: Request) -> Response:
+    admin(request)
+    ids = _ids(request)
+    values = await _definition(request)
+    async with deps(request).store.tx() as conn:
+        row = await store.one(
+            conn,
+            "UPDATE event_types SET name = %s, schema = %s, duration_ms = %s, buffer_ms = %s, "
+            "external_device_id_template = %s WHERE integration_id = %s AND id = %s "
+            f"RETURNING {EVENT_TYPE_COLUMNS}",
+            (*values, *ids),
+            "event type",
+        )
+    return json_response({"integration_event_type": row})
+
+
+async def delete(request: Request) -> Response:
+    admin(request)
+    ids = _ids(request)
+    async with deps(request).store.tx() as conn:
+        row = await store.one(
+            conn,
+            "DELETE FROM event_types WHERE integration_id = %s AND id = %s "
+            f"RETURNING {EVENT_TYPE_COLUMNS}",
+            ids,
+            "event type",
+        )
+    return json_response({"integration_event_type": row})
+
+
+def _ids(request: Request) -> tuple[int, int]:
+    return (
+        path_id(request, "integration_id", "integration"),
+        path_id(request, "type_id", "event type"),
+    )
+
+
+ROUTES = [
+    Route(BASE, create, methods=["POST"]),
+    Route(BASE, list_all, methods=["GET"]),
+    Route(BASE + "/{type_id:int}", read, methods=["GET"]),
+    Route(BASE + "/{type_id:int}", replace, methods=["PUT"]),
+    Route(BASE + "/{type_id:int}", delete, methods=["DELETE"]),
+]

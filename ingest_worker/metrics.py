@@ -1,0 +1,44 @@
+"""Prometheus metrics of the API process: counters for every outcome, no per-request logs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class ApiMetrics:
+    """One registry per app, so several apps (tests) never share counters."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "ingest_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "ingest_http_requests_in_flight", "HTTP requests being served.", registry=self.registry
+        )
+        self.publish_seconds = Histogram(
+            "ingest_publish_seconds",
+            "Time from publish to broker acknowledgement (acks=all).",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "ingest_events_total",
+            "Events answered, by outcome (published, invalid, unavailable).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,74 @@
+"""The shim's Kafka edge: an idempotent `acks=all` producer with a bounded wait per publish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ingest_worker.errors import DependencyUnavailable
+from ingest_worker.raw import RawRecord
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Publishes raw records; returns only once the broker acknowledged every one."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, timeout_s: float) -> None:
+        self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+
+    async def publish(self, records: Sequence[RawRecord]) -> None:
+        """Send all records (batched together); raise DependencyUnavailable on any failure or
+        when the broker has not acknowledged within the timeout."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                pending = [await self._send(record) for record in records]
+                await asyncio.gather(*pending)
+        except (KafkaError, TimeoutError) as exc:
+            raise DependencyUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
+
+    async def _send(self, record: RawRecord) -> asyncio.Future[object]:
+        future: asyncio.Future[object] = await self._producer.send(
+            self._topic, record.value, key=record.key, headers=record.headers
+        )
+        return future
+
+    async def ready(self) -> bool:
+        """Whether the broker answers a metadata request for our topic now."""
+        try:
+            async with asyncio.timeout(2):
+                partitions = await self._producer.partitions_for(self._topic)
+        except (KafkaError, TimeoutError):
+            return False
+        return bool(partitions)
+
+
+@asynccontextmanager
+async def publisher(
+    bootstrap: str, topic: str, *, timeout_s: float, linger_ms: int
+) -> AsyncIterator[Publisher]:
+    """A started producer for the life of the API process."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_batch_size=512 * 1024,
+        request_timeout_ms=max(1000, int(timeout_s * 1000)),
+        retry_backoff_ms=100,
+        client_id="ingest-worker-api",
+    )
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        await producer.stop()
+        raise DependencyUnavailable(f"cannot reach Kafka at {bootstrap}: {exc!r}") from exc
+    try:
+        yield Publisher(producer, topic, timeout_s)
+    finally:
+        await producer.stop()

@@ -1,0 +1,71 @@
+"""The raw-topic record the shim publishes: key, value and headers per DESIGN.md. Pure."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+# Namespace of event ids derived from (integration id, Idempotency-Key).
+EVENT_ID_NAMESPACE = uuid.UUID("6f0b5e4e-7f47-4d1c-9a57-2c1f0e0b7a11")
+_TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record for the raw topic."""
+
+    key: bytes
+    value: bytes
+    headers: Headers
+    event_id: str
+
+
+def event_id(integration_id: int, idempotency_key: str | None) -> str:
+    """Random, or derived from the key so a retried request gets the same id."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{integration_id}:{idempotency_key}"))
+
+
+def device_hint(integration_id: int, event: dict[str, Any]) -> str | None:
+    """`{integration}:{device id or external id}`, so one device's events stay in order."""
+    device = event.get("integration_device_id")
+    if device is None:
+        device = event.get("device_external_id")
+    return None if device is None else f"{integration_id}:{device}"
+
+
+def traceparent(given: str | None) -> str:
+    """The caller's W3C traceparent if well formed, else a fresh one."""
+    if given is not None and _TRACEPARENT.match(given):
+        return given
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def build(
+    integration_id: int,
+    event: dict[str, Any],
+    value: bytes,
+    *,
+    received_at_ms: int,
+    idempotency_key: str | None,
+    trace: str,
+) -> RawRecord:
+    """The record for one event whose body (`value`) is published byte for byte."""
+    eid = event_id(integration_id, idempotency_key)
+    hint = device_hint(integration_id, event)
+    headers: Headers = [
+        ("integration-id", str(integration_id).encode()),
+        ("event-id", eid.encode()),
+        ("received-at", str(received_at_ms).encode()),
+        ("traceparent", trace.encode()),
+    ]
+    if idempotency_key is not None:
+        headers.append(("idempotency-key", idempotency_key.encode()))
+    key = (hint or eid).encode()
+    return RawRecord(key, value, headers, eid)
