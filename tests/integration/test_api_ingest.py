@@ -266,7 +266,8 @@ async def test_import_answers_per_item_and_publishes_the_valid_ones(
     assert answer.status_code == 202, answer.text
     results = answer.json()["results"]
     assert [r["index"] for r in results] == [0, 1, 2]
-    assert "event_id" in results[0] and "event_id" in results[2]
+    assert "event_id" in results[0]
+    assert "event_id" in results[2]
     assert results[1]["errors"][0]["field"] == "integration_events.1.duration"
     ids = {results[0]["event_id"].encode(), results[2]["event_id"].encode()}
     records = await read_topic(
