@@ -122,31 +122,43 @@ def _java() -> str:
 
 
 @contextmanager
-def local_broker(work_dir: Path, cache_dir: Path, timeout_s: float = 120) -> Iterator[str]:
-    """Run a fresh single-node broker under work_dir; yield its bootstrap address."""
+def local_broker(
+    work_dir: Path, cache_dir: Path, timeout_s: float = 120, ports: tuple[int, int] | None = None
+) -> Iterator[str]:
+    """Run a single-node broker under work_dir (storage formatted on first use); yield its
+    bootstrap address. Given the same work_dir and ports, a restart keeps the data."""
     libs = resolve_jars(cache_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    port, controller_port = proc.free_port(), proc.free_port()
+    port, controller_port = ports or (proc.free_port(), proc.free_port())
     props, server_log = work_dir / "server.properties", work_dir / "server.log"
     props.write_text(broker_properties(work_dir / "data", port, controller_port))
     (work_dir / "log4j2.yaml").write_text(_LOG4J2.format(log=server_log))
     base = [_java(), f"-Dlog4j2.configurationFile={work_dir / 'log4j2.yaml'}"]
     base += ["-cp", f"{libs}/*"]
-    format_cmd = [*base, "kafka.tools.StorageTool", "format", "-t", new_cluster_id()]
-    proc.run([*format_cmd, "-c", str(props)], work_dir / "format.log")
+    if not (work_dir / "data" / "meta.properties").exists():
+        format_cmd = [*base, "kafka.tools.StorageTool", "format", "-t", new_cluster_id()]
+        proc.run([*format_cmd, "-c", str(props)], work_dir / "format.log")
     jvm = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+    seen = _started_count(server_log)
     broker = proc.spawn([base[0], *jvm, *base[1:], "kafka.Kafka", str(props)], work_dir / "jvm.log")
     try:
-        proc.wait_until(lambda: _started(server_log, port), broker, server_log, timeout_s)
+        proc.wait_until(lambda: _started(server_log, port, seen), broker, server_log, timeout_s)
         log.info("kafka broker up", extra={"port": port, "log": str(server_log)})
         yield f"127.0.0.1:{port}"
     finally:
         proc.stop(broker, signal.SIGTERM, 30)
 
 
-def _started(server_log: Path, port: int) -> bool:
+def _started(server_log: Path, port: int, seen_before: int) -> bool:
     try:
-        started = STARTED_LINE in server_log.read_text(errors="replace")
+        text = server_log.read_text(errors="replace")
     except FileNotFoundError:
         return False
-    return started and proc.port_open(port)
+    return text.count(STARTED_LINE) > seen_before and proc.port_open(port)
+
+
+def _started_count(server_log: Path) -> int:
+    try:
+        return server_log.read_text(errors="replace").count(STARTED_LINE)
+    except FileNotFoundError:
+        return 0
