@@ -106,7 +106,7 @@ def encode_cursor(row_id: int, direction: str) -> str:
 
 def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
     """(id, "next"|"prev") from an opaque cursor; a 400 problem if it is not one of ours."""
-    if cursor is None:
+    if not cursor:
         return None
     try:
         data = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))

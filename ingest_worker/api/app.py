@@ -87,7 +87,9 @@ async def _on_crash(_: Request, exc: Exception) -> Response:
 async def _on_http(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return problem_response(Problem(exc.status_code, code, str(exc.detail)))
+    response = problem_response(Problem(exc.status_code, code, str(exc.detail)))
+    response.headers.update(exc.headers or {})
+    return response
 
 
 class MetricsMiddleware:

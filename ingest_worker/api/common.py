@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from ingest_worker.auth import AuthCache, Principal
 from ingest_worker.auth import load as load_auth
@@ -22,6 +23,7 @@ from ingest_worker.shape import BadJsonError, FieldError, check, parse_json
 from ingest_worker.store import Store
 
 INT32_MAX = 2**31 - 1
+Handler = Callable[[Request], Awaitable[Response]]
 MANAGEMENT_SCHEMA = "management.schema.json"
 
 
@@ -44,6 +46,16 @@ async def refresh_auth(request: Request) -> None:
     d = deps(request)
     async with d.store.tx() as conn:
         d.auth.replace(*await load_auth(conn))
+
+
+def route(path: str, **handlers: Handler) -> Route:
+    """One route per path whatever its methods, so a wrong method gets 405 with the full
+    `Allow` list."""
+
+    async def dispatch(request: Request) -> Response:
+        return await handlers[request.method.lower()](request)
+
+    return Route(path, dispatch, methods=[m.upper() for m in handlers], name=path)
 
 
 def deps(request: Request) -> Deps:
@@ -126,11 +138,39 @@ async def json_body(request: Request, definition: str) -> dict[str, Any]:
     """A management request body, checked against its `$defs` entry."""
     require_json(request)
     document = decode(await read_body(request, deps(request).settings.max_body_bytes))
-    errors = check(MANAGEMENT_SCHEMA, definition, document)
+    errors = check(MANAGEMENT_SCHEMA, definition, document) or list(nul_characters(document))
     if errors:
         raise invalid(errors)
-    found: dict[str, Any] = document
+    found: dict[str, Any] = {
+        k: as_ints(v) if k in _INTEGER_FIELDS else v for k, v in document.items()
+    }
     return found
+
+
+def nul_characters(value: Any, path: str = "") -> Iterator[FieldError]:
+    """PostgreSQL text and jsonb cannot hold U+0000: name every string that contains it."""
+    if isinstance(value, str) and "\x00" in value:
+        yield FieldError(path or "(body)", "must not contain the NUL character (U+0000)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from nul_characters(key, path)
+            yield from nul_characters(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from nul_characters(item, f"{path}.{index}")
+
+
+# JSON Schema's "integer" admits 3.0; the database wants 3.
+_INTEGER_FIELDS = frozenset({"duration", "buffer", "camera_ids"})
+
+
+def as_ints(value: Any) -> Any:
+    """Integral numbers (or lists of them) as Python ints."""
+    if isinstance(value, list):
+        return [as_ints(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def limit_param(request: Request) -> int:

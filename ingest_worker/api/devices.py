@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ingest_worker import store
-from ingest_worker.api.common import admin, deps, json_body, json_response, limit_param, path_id
+from ingest_worker.api.common import (
+    admin,
+    deps,
+    json_body,
+    json_response,
+    limit_param,
+    path_id,
+    route,
+)
 from ingest_worker.problems import invalid
 from ingest_worker.shape import FieldError
 from ingest_worker.store import DEVICE_COLUMNS
@@ -122,10 +129,7 @@ def _ids(request: Request) -> tuple[int, int]:
 
 
 ROUTES = [
-    Route(BASE, create, methods=["POST"]),
-    Route(BASE, list_all, methods=["GET"]),
-    Route(BASE + "/{device_id:int}", read, methods=["GET"]),
-    Route(BASE + "/{device_id:int}", update, methods=["PUT"]),
-    Route(BASE + "/{device_id:int}", delete, methods=["DELETE"]),
-    Route(BASE + "/{device_id:int}/cameras", update_cameras, methods=["PUT"]),
+    route(BASE, post=create, get=list_all),
+    route(BASE + "/{device_id:int}", get=read, put=update, delete=delete),
+    route(BASE + "/{device_id:int}/cameras", put=update_cameras),
 ]

@@ -9,10 +9,17 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ingest_worker import store
-from ingest_worker.api.common import admin, deps, json_body, json_response, limit_param, path_id
+from ingest_worker.api.common import (
+    admin,
+    deps,
+    json_body,
+    json_response,
+    limit_param,
+    path_id,
+    route,
+)
 from ingest_worker.event_types import check_definition
 from ingest_worker.problems import invalid
 from ingest_worker.store import EVENT_TYPE_COLUMNS
@@ -121,9 +128,6 @@ def _ids(request: Request) -> tuple[int, int]:
 
 
 ROUTES = [
-    Route(BASE, create, methods=["POST"]),
-    Route(BASE, list_all, methods=["GET"]),
-    Route(BASE + "/{type_id:int}", read, methods=["GET"]),
-    Route(BASE + "/{type_id:int}", replace, methods=["PUT"]),
-    Route(BASE + "/{type_id:int}", delete, methods=["DELETE"]),
+    route(BASE, post=create, get=list_all),
+    route(BASE + "/{type_id:int}", get=read, put=replace, delete=delete),
 ]

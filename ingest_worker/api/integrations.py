@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ingest_worker import store
 from ingest_worker.api.common import (
@@ -15,6 +14,7 @@ from ingest_worker.api.common import (
     limit_param,
     path_id,
     refresh_auth,
+    route,
 )
 from ingest_worker.store import INTEGRATION_COLUMNS
 
@@ -90,9 +90,6 @@ async def delete(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/v1/integrations", create, methods=["POST"]),
-    Route("/v1/integrations", list_all, methods=["GET"]),
-    Route("/v1/integrations/{integration_id:int}", read, methods=["GET"]),
-    Route("/v1/integrations/{integration_id:int}", update, methods=["PUT"]),
-    Route("/v1/integrations/{integration_id:int}", delete, methods=["DELETE"]),
+    route("/v1/integrations", post=create, get=list_all),
+    route("/v1/integrations/{integration_id:int}", get=read, put=update, delete=delete),
 ]

@@ -17,6 +17,8 @@ _PROBLEM_STATUSES = {
     "400": "Invalid request (see `details`)",
     "401": "Missing, unknown or revoked token",
     "404": "Unknown integration or resource, or not this token's",
+    "405": "Method not allowed on this path (see `Allow`)",
+    "409": "Conflict: the external id is taken in this integration",
     "413": "Body too large",
     "415": "Body is not application/json",
     "429": "Rate limited (see `Retry-After`)",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ingest_worker import store, tokens
 from ingest_worker.api.common import (
@@ -15,6 +14,7 @@ from ingest_worker.api.common import (
     limit_param,
     path_id,
     refresh_auth,
+    route,
 )
 from ingest_worker.store import TOKEN_COLUMNS
 
@@ -84,7 +84,6 @@ async def revoke(request: Request) -> Response:
 
 
 ROUTES = [
-    Route(BASE, create, methods=["POST"]),
-    Route(BASE, list_all, methods=["GET"]),
-    Route(BASE + "/{token_id:int}", revoke, methods=["DELETE"]),
+    route(BASE, post=create, get=list_all),
+    route(BASE + "/{token_id:int}", delete=revoke),
 ]

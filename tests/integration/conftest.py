@@ -11,6 +11,9 @@ import dataclasses
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,10 +25,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from psycopg import conninfo, sql
 
 from ingest_worker.config import Settings
+from ingest_worker.devstack.proc import free_port
 from ingest_worker.devstack.stack import Endpoints, services
 from ingest_worker.devstack.topics import ensure_topics
 from ingest_worker.migrate import migrate
-from tests.integration.apiserver import RunningApi, running_api
+from tests.integration.apiserver import ADMIN_TOKEN, RunningApi, running_api
 
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -168,3 +172,57 @@ async def integration_id(admin_client: httpx.AsyncClient) -> int:
     assert answer.status_code == 200, answer.text
     found: int = answer.json()["integration"]["id"]
     return found
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiProcess:
+    """`ingest-worker api` in its own process, as operators run it."""
+
+    url: str
+    admin_token: str
+    integration_id: int
+
+
+@pytest.fixture(scope="session")
+def api_process(
+    api_settings: Settings, kafka_bootstrap: str, new_database: NewDatabase
+) -> Iterator[ApiProcess]:
+    """A separate API process on a fresh migrated database, with one integration in it."""
+    database_url = new_database()
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "DATABASE_URL": database_url,
+        "INGEST_ADMIN_TOKEN": ADMIN_TOKEN,
+        "INGEST_API_PORT": str(port),
+        "INGEST_RAW_TOPIC": api_settings.raw_topic,
+        "INGEST_RATE_LIMIT_PER_S": "0",
+    }
+    migrated = subprocess.run(
+        [sys.executable, "-m", "ingest_worker", "migrate"], env=env, timeout=60, check=False
+    )
+    assert migrated.returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        made = httpx.post(f"{url}/v1/integrations", json={"name": "fuzz"}, headers=headers)
+        yield ApiProcess(url, ADMIN_TOKEN, int(made.json()["integration"]["id"]))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"ingest-worker api exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("ingest-worker api did not become ready")

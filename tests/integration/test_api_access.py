@@ -77,22 +77,20 @@ async def test_revoked_token_stops_working_within_seconds(
     """After DELETE of a token, every API process refuses it within the cache bound; here a
     second API process (a replica) is checked, which learns it only from the database."""
     token_id, token = await _token(admin_client, integration_id)
-    async with running_api(api.settings, api.bootstrap, api.database_url) as replica:
-        async with replica.client(token) as client:
-            before = await client.post(f"/v1/integrations/{integration_id}/events", json=event())
-            assert before.status_code == 202
-            revoked = await admin_client.delete(
-                f"/v1/integrations/{integration_id}/tokens/{token_id}"
-            )
-            assert revoked.json()["integration_token"]["revoked"] is not None
-            started = time.monotonic()
-            status = 202
-            while status != 401 and time.monotonic() - started < api.settings.auth_refresh_s + 2:
-                answer = await client.post(
-                    f"/v1/integrations/{integration_id}/events", json=event()
-                )
-                status = answer.status_code
-                await asyncio.sleep(0.05)
+    async with (
+        running_api(api.settings, api.bootstrap, api.database_url) as replica,
+        replica.client(token) as client,
+    ):
+        before = await client.post(f"/v1/integrations/{integration_id}/events", json=event())
+        assert before.status_code == 202
+        revoked = await admin_client.delete(f"/v1/integrations/{integration_id}/tokens/{token_id}")
+        assert revoked.json()["integration_token"]["revoked"] is not None
+        started = time.monotonic()
+        status = 202
+        while status != 401 and time.monotonic() - started < api.settings.auth_refresh_s + 2:
+            answer = await client.post(f"/v1/integrations/{integration_id}/events", json=event())
+            status = answer.status_code
+            await asyncio.sleep(0.05)
     assert status == 401
 
 
@@ -102,14 +100,17 @@ async def test_rate_limit_answers_429_with_retry_after(
     """Past a token's burst, requests get 429 with Retry-After; other tokens are unaffected."""
     _, token = await _token(admin_client, integration_id)
     _, other_token = await _token(admin_client, integration_id)
-    async with running_api(
-        api.settings, api.bootstrap, api.database_url, rate_limit_per_s=0.5, rate_limit_burst=3
-    ) as limited:
-        async with limited.client(token) as client, limited.client(other_token) as other:
-            path = f"/v1/integrations/{integration_id}/events"
-            statuses = [(await client.post(path, json=event())).status_code for _ in range(5)]
-            last = await client.post(path, json=event())
-            fresh = await other.post(path, json=event())
+    async with (
+        running_api(
+            api.settings, api.bootstrap, api.database_url, rate_limit_per_s=0.5, rate_limit_burst=3
+        ) as limited,
+        limited.client(token) as client,
+        limited.client(other_token) as other,
+    ):
+        path = f"/v1/integrations/{integration_id}/events"
+        statuses = [(await client.post(path, json=event())).status_code for _ in range(5)]
+        last = await client.post(path, json=event())
+        fresh = await other.post(path, json=event())
     assert statuses == [202, 202, 202, 429, 429]
     assert last.status_code == 429
     assert int(last.headers["retry-after"]) >= 1
@@ -129,15 +130,17 @@ async def test_kafka_down_is_503_then_back_without_restart(
     path = f"/v1/integrations/{integration_id}/events"
     with local_broker(work, cache, ports=ports) as bootstrap:
         await ensure_topics(bootstrap, settings, partitions=1)
-        async with running_api(settings, bootstrap, api_database, publish_timeout_s=2.0) as own:
-            async with own.client() as client:
-                assert (await client.post(path, json=event())).status_code == 202
-                _stop_broker_now(work)
-                started = time.monotonic()
-                down = await client.post(path, json=event())
-                elapsed = time.monotonic() - started
-                with local_broker(work, cache, ports=ports):
-                    back = await _until_accepted(client, path, deadline_s=60)
+        async with (
+            running_api(settings, bootstrap, api_database, publish_timeout_s=2.0) as own,
+            own.client() as client,
+        ):
+            assert (await client.post(path, json=event())).status_code == 202
+            _stop_broker_now(work)
+            started = time.monotonic()
+            down = await client.post(path, json=event())
+            elapsed = time.monotonic() - started
+            with local_broker(work, cache, ports=ports):
+                back = await _until_accepted(client, path, deadline_s=60)
     assert down.status_code == 503
     assert down.json()["code"] == "kafka_unavailable"
     assert int(down.headers["retry-after"]) >= 1
