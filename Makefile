@@ -8,12 +8,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test lint unit integration clean
+.PHONY: help venv run test lint unit integration bench clean
 
 help:
 	@echo "make run    start the local stack (Kafka, PostgreSQL) and the service"
 	@echo "make test   lint, then the whole test suite against real Kafka and PostgreSQL"
 	@echo "make lint   ruff and mypy --strict"
+	@echo "make bench  ingest throughput of one API process against a bare-202 baseline"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +28,8 @@ run: venv
 	INGEST_LOG_FORMAT=$${INGEST_LOG_FORMAT:-console} $(BIN)/ingest-worker dev
 
 lint: venv
-	$(BIN)/ruff check ingest_worker tests
-	$(BIN)/ruff format --check ingest_worker tests
+	$(BIN)/ruff check ingest_worker tests bench
+	$(BIN)/ruff format --check ingest_worker tests bench
 	$(BIN)/mypy
 
 test: lint
@@ -39,6 +40,10 @@ unit: venv
 
 integration: venv
 	$(BIN)/pytest tests/integration
+
+bench: venv
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) .local .mypy_cache .pytest_cache .ruff_cache

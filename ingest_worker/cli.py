@@ -10,12 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from ingest_worker import config, logs, tokens
 from ingest_worker.config import Settings
-from ingest_worker.errors import IngestError
+from ingest_worker.errors import IngestError, StackError
 from ingest_worker.migrate import migrate
 
 log = logging.getLogger("ingest_worker")
@@ -64,7 +66,7 @@ def _migrate(settings: Settings) -> int:
 def _api(settings: Settings) -> int:
     from ingest_worker.api.serve import serve
 
-    asyncio.run(serve(settings))
+    serve(settings)
     return 0
 
 
@@ -85,22 +87,39 @@ def _dev(settings: Settings) -> int:
             "DATABASE_URL": database_url,
             "INGEST_ADMIN_TOKEN": admin_token,
         }
-        with _children(env, ["api"]):
-            api_url = f"http://{settings.api_host}:{settings.api_port}"
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        with _children(env, ["api"]) as procs:
+            _wait_ready(f"{api_url}/readyz", procs)
             print(_banner(api_url, bootstrap, database_url, admin_token), flush=True)
             _wait_for_stop_signal()
     return 0
 
 
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    """Block until `url` answers 200; fail if a child process exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(proc.poll() is not None for proc in procs):
+            raise StackError("a service process exited during start-up (see its log above)")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - our own URL
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise StackError(f"{url} did not become ready in {timeout_s}s")
+
+
 @contextmanager
-def _children(env: dict[str, str], commands: list[str]) -> Iterator[None]:
+def _children(env: dict[str, str], commands: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Run `ingest-worker <command>` processes beside the stack; stop them (SIGTERM) on exit."""
     procs = [
         subprocess.Popen([sys.executable, "-m", "ingest_worker", command], env=env)
         for command in commands
     ]
     try:
-        yield
+        yield procs
     finally:
         for proc in procs:
             proc.terminate()

@@ -75,7 +75,7 @@ class Settings:
         "Longest wait for Kafka's acknowledgement before answering 503.",
     )
     producer_linger_ms: int = _setting(
-        "INGEST_PRODUCER_LINGER_MS", 5, "Producer batching delay (ms)."
+        "INGEST_PRODUCER_LINGER_MS", 1, "Producer batching delay (ms)."
     )
     auth_refresh_s: float = _setting(
         "INGEST_AUTH_REFRESH_S",

@@ -39,6 +39,9 @@ class ApiMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.published = self.events.labels("published")
+        self.invalid = self.events.labels("invalid")
+        self.unavailable = self.events.labels("unavailable")
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

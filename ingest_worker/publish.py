@@ -28,7 +28,10 @@ class Publisher:
         try:
             async with asyncio.timeout(self._timeout_s):
                 pending = [await self._send(record) for record in records]
-                await asyncio.gather(*pending)
+                if len(pending) == 1:
+                    await pending[0]
+                else:
+                    await asyncio.gather(*pending)
         except (KafkaError, TimeoutError) as exc:
             raise DependencyUnavailable(f"Kafka did not acknowledge: {exc!r}") from exc
 

@@ -44,7 +44,8 @@ def traceparent(given: str | None) -> str:
     """The caller's W3C traceparent if well formed, else a fresh one."""
     if given is not None and _TRACEPARENT.match(given):
         return given
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    ids = secrets.token_hex(24)
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 def build(

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -97,6 +98,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp, registry: ApiMetrics) -> None:
         self.app, self.metrics = app, registry
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,12 +116,22 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(template, scope["method"], str(status[0])).inc()
+            self._counter(
+                getattr(scope.get("route"), "path", "unmatched"), scope["method"], status[0]
+            ).inc()
+
+    def _counter(self, template: str, method: str, status: int) -> Any:
+        """The labelled child counter, looked up once per (route, method, status)."""
+        key = (template, method, status)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.metrics.requests.labels(
+                template, method, str(status)
+            )
+        return child
 
 
-def build(settings: Settings, endpoints: tuple[str, str] | None = None) -> Starlette:
+def build(settings: Settings, endpoints: tuple[str, str] | None = None) -> ASGIApp:
     """The app for these settings; `endpoints` (bootstrap, database URL) override them."""
     bootstrap, database_url = endpoints or (
         settings.kafka_bootstrap_servers,
@@ -145,8 +157,7 @@ def build(settings: Settings, endpoints: tuple[str, str] | None = None) -> Starl
             Exception: _on_crash,
         },
     )
-    app.add_middleware(MetricsMiddleware, registry=registry)
-    return app
+    return MetricsMiddleware(ingest.FastIngest(app), registry)
 
 
 @asynccontextmanager

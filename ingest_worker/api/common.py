@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,34 +92,39 @@ def admin(request: Request) -> Principal:
     return principal
 
 
-def rate_limit(request: Request, principal: Principal) -> None:
+def rate_limit(d: Deps, principal: Principal) -> None:
     """429 with Retry-After when the caller's token bucket is empty."""
-    d = deps(request)
     key = principal.token_id if principal.token_id is not None else "bootstrap-admin"
     wait_s = d.limiter.check(key, d.clock())
     if wait_s:
         raise Problem(429, "rate_limited", "too many requests", retry_after_s=wait_s)
 
 
-def require_json(request: Request) -> None:
+def require_json(content_type: str | None) -> None:
     """415 unless the body is declared as JSON."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise Problem(415, "unsupported_media_type", "send the body as application/json")
 
 
 async def read_body(request: Request, limit_bytes: int) -> bytes:
     """The whole body, or a 413 as soon as it exceeds the limit (declared or streamed)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit_bytes:
+    return await read_limited(request.stream(), request.headers.get("content-length"), limit_bytes)
+
+
+async def read_limited(
+    chunks: AsyncIterator[bytes], declared: str | None, limit_bytes: int
+) -> bytes:
+    """Join body chunks, failing with 413 early when the declared or read size is too big."""
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
         raise _too_large(limit_bytes)
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    parts, size = [], 0
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit_bytes:
             raise _too_large(limit_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _too_large(limit_bytes: int) -> Problem:
@@ -136,7 +141,7 @@ def decode(body: bytes) -> Any:
 
 async def json_body(request: Request, definition: str) -> dict[str, Any]:
     """A management request body, checked against its `$defs` entry."""
-    require_json(request)
+    require_json(request.headers.get("content-type"))
     document = decode(await read_body(request, deps(request).settings.max_body_bytes))
     errors = check(MANAGEMENT_SCHEMA, definition, document) or list(nul_characters(document))
     if errors:

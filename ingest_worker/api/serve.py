@@ -26,5 +26,6 @@ def server(settings: Settings, app_endpoints: tuple[str, str] | None = None) -> 
     return uvicorn.Server(config)
 
 
-async def serve(settings: Settings) -> None:
-    await server(settings).serve()
+def serve(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, on uvloop (`Server.run` installs the configured loop)."""
+    server(settings).run()

@@ -6,10 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
+import httpx
 import psycopg
 
+from ingest_worker.devstack.proc import free_port
 from ingest_worker.devstack.stack import Endpoints
 from ingest_worker.migrate import bundled
 
@@ -52,19 +53,23 @@ def test_bad_setting_fails_fast() -> None:
 def test_dev_uses_given_endpoints_and_stops_on_sigterm(
     endpoints: Endpoints, empty_database: str
 ) -> None:
-    """`ingest-worker dev` with endpoints given starts nothing, migrates, prints the
-    endpoints, and exits cleanly on SIGTERM."""
+    """`ingest-worker dev` with endpoints given starts no broker or database, migrates,
+    starts the API, prints where everything is once it answers, and stops on SIGTERM."""
+    port = free_port()
     env = _env(
-        KAFKA_BOOTSTRAP_SERVERS=endpoints.kafka_bootstrap_servers, DATABASE_URL=empty_database
+        KAFKA_BOOTSTRAP_SERVERS=endpoints.kafka_bootstrap_servers,
+        DATABASE_URL=empty_database,
+        INGEST_API_PORT=str(port),
     )
-    proc = subprocess.Popen(
-        [*CLI, "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([*CLI, "dev"], env=env, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    lines = [proc.stdout.readline().strip() for _ in range(4)]
-    time.sleep(0.2)
+    lines = [proc.stdout.readline().strip() for _ in range(6)]
+    health = httpx.get(f"http://127.0.0.1:{port}/healthz")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+    assert health.status_code == 200
+    assert f"API                      http://127.0.0.1:{port}" in lines
     assert f"KAFKA_BOOTSTRAP_SERVERS={endpoints.kafka_bootstrap_servers}" in lines
+    assert any(line.startswith("INGEST_ADMIN_TOKEN=igw_") for line in lines)
     with psycopg.connect(empty_database) as conn:
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == MIGRATED

@@ -1,0 +1,139 @@
+"""Ingest throughput of one API process against a baseline, measured in the same run.
+
+    make bench            (or: .venv/bin/python bench/api.py [--seconds 15] [--connections 64])
+
+Starts Kafka and PostgreSQL (or uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL), one
+`ingest-worker api` process, and a baseline process: the same uvicorn server answering a bare
+202. wrk drives each with the same request, connections and duration; both figures print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from ingest_worker.config import Settings
+from ingest_worker.devstack.proc import free_port
+from ingest_worker.devstack.stack import services
+from ingest_worker.devstack.topics import ensure_topics
+from ingest_worker.migrate import migrate
+
+HERE = Path(__file__).resolve().parent
+ADMIN = "igw_bench-admin"
+
+
+def main() -> None:
+    args = _args()
+    settings = Settings.from_env(os.environ)
+    work = (settings.stack_dir / "bench").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    with services(settings, work, durable=True) as found:
+        bootstrap, database_url = found.kafka_bootstrap_servers, found.database_url
+        asyncio.run(migrate(database_url, lock_timeout_s=30))
+        asyncio.run(ensure_topics(bootstrap, settings))
+        results = [
+            ("baseline: bare 202", _run_baseline(args)),
+            ("ingest (acks=all)", _run_api(args, bootstrap, database_url)),
+        ]
+    print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, one server process, this machine")
+    print(f"{'server':<22} {'requests/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for name, (rps, p50, p99, errors) in results:
+        print(f"{name:<22} {rps:>12.0f} {p50:>8.2f} {p99:>8.2f} {errors:>8}")
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=64)
+    return parser.parse_args()
+
+
+def _run_baseline(args: argparse.Namespace) -> tuple[float, float, float, int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "baseline_app:app", "--port", str(port)]
+    cmd += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    server = subprocess.Popen(cmd, cwd=HERE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait(f"{url}/v1/integrations/1/events", expect_post=True)
+        return _wrk(url, "/v1/integrations/1/events", "unused", args)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _run_api(
+    args: argparse.Namespace, bootstrap: str, database_url: str
+) -> tuple[float, float, float, int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DATABASE_URL": database_url,
+        "INGEST_ADMIN_TOKEN": ADMIN,
+        "INGEST_API_PORT": str(port),
+        "INGEST_RATE_LIMIT_PER_S": "0",
+    }
+    server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait(f"{url}/readyz")
+        path, token = _integration_and_token(url)
+        return _wrk(url, path, token, args)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _integration_and_token(url: str) -> tuple[str, str]:
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    made = httpx.post(f"{url}/v1/integrations", json={"name": "bench"}, headers=headers).json()
+    integration_id = made["integration"]["id"]
+    token = httpx.post(
+        f"{url}/v1/integrations/{integration_id}/tokens", json={}, headers=headers
+    ).json()["integration_token"]["token"]
+    return f"/v1/integrations/{integration_id}/events", token
+
+
+def _wait(url: str, expect_post: bool = False) -> None:
+    for _ in range(300):
+        try:
+            answer = httpx.post(url, content=b"{}") if expect_post else httpx.get(url)
+            if answer.status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def _wrk(
+    url: str, path: str, token: str, args: argparse.Namespace
+) -> tuple[float, float, float, int]:
+    env = {**os.environ, "INGEST_PATH": path, "INGEST_TOKEN": token}
+    base = ["wrk", "-t1", f"-c{args.connections}", "--latency", "-s", str(HERE / "ingest.lua")]
+    subprocess.run([*base, "-d3s", url], env=env, capture_output=True, check=True)  # warm-up
+    out = subprocess.run(
+        [*base, f"-d{args.seconds}s", url], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, _ms(out, "50%"), _ms(out, "99%"), int(errors.group(1)) if errors else 0
+
+
+def _ms(out: str, percentile: str) -> float:
+    value, unit = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+if __name__ == "__main__":
+    main()
