@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from ingest_worker import config, logs, tokens
 from ingest_worker.config import Settings
@@ -27,7 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest-worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("api", help="serve the HTTP API (ingest, import, management, health)")
+    sub.add_parser("worker", help="consume the raw topic, resolve devices, emit exactly once")
     sub.add_parser("migrate", help="apply pending database migrations (safe to run concurrently)")
+    tail = sub.add_parser(
+        "tail", help="print the accepted or rejected topic, decoded, as JSON lines"
+    )
+    tail.add_argument("which", choices=["accepted", "rejected"])
+    tail.add_argument("--from-end", action="store_true", help="only records produced from now on")
     sub.add_parser("dev", help="start the local stack (what `make run` runs) and wait for Ctrl-C")
     sub.add_parser("config", help="print the configuration table (markdown) and exit")
     return parser
@@ -46,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _migrate(settings)
         if args.command == "api":
             return _api(settings)
+        if args.command == "worker":
+            return _worker(settings)
+        if args.command == "tail":
+            return _tail(settings, args.which, from_end=args.from_end)
         return _dev(settings)
     except IngestError as exc:
         print(f"ingest-worker: {exc}", file=sys.stderr)
@@ -70,6 +80,26 @@ def _api(settings: Settings) -> int:
     return 0
 
 
+def _worker(settings: Settings) -> int:
+    import uvloop
+
+    from ingest_worker.worker import serve
+
+    uvloop.run(serve(settings))
+    return 0
+
+
+def _tail(settings: Settings, which: str, *, from_end: bool) -> int:
+    from ingest_worker.tail import tail
+
+    if not settings.kafka_bootstrap_servers:
+        print("ingest-worker: KAFKA_BOOTSTRAP_SERVERS is not set", file=sys.stderr)
+        return 2
+    with suppress(KeyboardInterrupt):
+        asyncio.run(tail(settings, which, from_end=from_end))
+    return 0
+
+
 def _dev(settings: Settings) -> int:
     from ingest_worker.devstack.stack import services
     from ingest_worker.devstack.topics import ensure_topics
@@ -88,7 +118,7 @@ def _dev(settings: Settings) -> int:
             "INGEST_ADMIN_TOKEN": admin_token,
         }
         api_url = f"http://{settings.api_host}:{settings.api_port}"
-        with _children(env, ["api"]) as procs:
+        with _children(env, ["api", "worker"]) as procs:
             _wait_ready(f"{api_url}/readyz", procs)
             print(_banner(api_url, bootstrap, database_url, admin_token), flush=True)
             _wait_for_stop_signal()

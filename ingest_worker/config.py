@@ -85,6 +85,31 @@ class Settings:
     db_pool_max: int = _setting(
         "INGEST_DB_POOL_MAX", 10, "PostgreSQL connections per process, at most."
     )
+    worker_batch_max_records: int = _setting(
+        "INGEST_WORKER_BATCH_MAX_RECORDS", 2000, "Most raw records the worker takes per batch."
+    )
+    worker_poll_timeout_ms: int = _setting(
+        "INGEST_WORKER_POLL_TIMEOUT_MS", 100, "Longest wait for a batch to fill (ms)."
+    )
+    worker_http_port: int = _setting(
+        "INGEST_WORKER_HTTP_PORT", 8081, "Worker's `/healthz` and `/metrics` port (0: off)."
+    )
+    transactional_id_prefix: str = _setting(
+        "INGEST_TRANSACTIONAL_ID_PREFIX",
+        "ingest-worker",
+        "Prefix of the per-partition transactional ids (`{prefix}-{group}-{topic}-{partition}`).",
+    )
+    kafka_timeout_s: float = _setting(
+        "INGEST_KAFKA_TIMEOUT_S", 30.0, "Worker's bound on one Kafka transaction step."
+    )
+    catalog_max_age_s: float = _setting(
+        "INGEST_CATALOG_MAX_AGE_S",
+        30.0,
+        "Longest a worker uses a cached event type if a change notification is lost.",
+    )
+    backoff_max_s: float = _setting(
+        "INGEST_BACKOFF_MAX_S", 10.0, "Longest pause between retries while a dependency is down."
+    )
     migrate_lock_timeout_s: float = _setting(
         "INGEST_MIGRATE_LOCK_TIMEOUT_S",
         120.0,

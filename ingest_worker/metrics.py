@@ -45,3 +45,48 @@ class ApiMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+
+
+@dataclass
+class WorkerMetrics:
+    """Counters of the worker: records by outcome and code, batches, lag, retries."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.records = Counter(
+            "ingest_worker_records_total",
+            "Raw records emitted, by outcome (accepted, rejected) and code or resolution.",
+            ["outcome", "code"],
+            registry=self.registry,
+        )
+        self.batch_records = Histogram(
+            "ingest_worker_batch_records",
+            "Records per batch.",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "ingest_worker_batch_seconds",
+            "Time to process and commit one batch.",
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.lag = Gauge(
+            "ingest_worker_consumer_lag",
+            "Records behind the end of each raw partition.",
+            ["partition"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "ingest_worker_retries_total",
+            "Batches put back for a retry, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

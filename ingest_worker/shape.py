@@ -66,7 +66,7 @@ def check(document: str, definition: str, instance: Any, prefix: str = "") -> li
     compiled = validator(document, definition)
     if compiled.is_valid(instance):
         return []
-    return [_field_error(error, prefix) for error in compiled.iter_errors(instance)]
+    return [field_error(error, prefix) for error in compiled.iter_errors(instance)]
 
 
 def check_event(instance: Any, prefix: str = "") -> list[FieldError]:
@@ -79,7 +79,7 @@ def check_import(instance: Any) -> list[FieldError]:
     return check("ingest_request.schema.json", "import", instance)
 
 
-def _field_error(error: jsonschema_rs.ValidationError, prefix: str) -> FieldError:
+def field_error(error: jsonschema_rs.ValidationError, prefix: str) -> FieldError:
     path = [str(part) for part in error.instance_path]
     kind = error.kind
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.AdditionalProperties):

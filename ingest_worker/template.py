@@ -100,6 +100,8 @@ def evaluate(template: Template, attributes: Mapping[str, Any]) -> str:
     result = "".join(pieces)
     if not 1 <= len(result) <= MAX_EXTERNAL_ID_CHARS:
         raise Unresolvable(f"result has {len(result)} characters, must be 1..255")
+    if "\x00" in result:
+        raise Unresolvable("result contains the NUL character (U+0000)")
     return result
 
 

@@ -1,0 +1,105 @@
+"""The worker's copy of integrations and event types: loaded per batch for what it lacks,
+dropped on change notifications, and never older than `max_age_s`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+
+from ingest_worker.auth import CHANNEL
+from ingest_worker.validate import EventType, compile_type
+
+log = logging.getLogger(__name__)
+
+TypeKey = tuple[int, int]
+
+
+@dataclass
+class Catalog:
+    """Known integrations and compiled event types, each with the time it was loaded."""
+
+    max_age_s: float
+    integrations: dict[int, float] = field(default_factory=dict)
+    types: dict[TypeKey, tuple[EventType, float]] = field(default_factory=dict)
+
+    def knows(self, integration_id: int) -> bool:
+        return integration_id in self.integrations
+
+    def event_type(self, key: TypeKey) -> EventType | None:
+        found = self.types.get(key)
+        return None if found is None else found[0]
+
+    def on_change(self, payload: str) -> None:
+        """Apply one `ingest_changes` notification: drop what it names."""
+        try:
+            note = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.clear()
+            return
+        if note.get("table") == "event_types":
+            self.types.pop((note.get("integration_id"), note.get("id")), None)
+        elif note.get("table") == "integrations" and note.get("op") == "DELETE":
+            self.integrations.pop(note.get("id"), None)
+
+    def clear(self) -> None:
+        self.integrations.clear()
+        self.types.clear()
+
+    def expire(self, now: float) -> None:
+        """Forget entries older than max_age_s (in case a notification was lost)."""
+        cutoff = now - self.max_age_s
+        self.integrations = {k: t for k, t in self.integrations.items() if t >= cutoff}
+        self.types = {k: v for k, v in self.types.items() if v[1] >= cutoff}
+
+    async def fill(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        integration_ids: set[int],
+        keys: set[TypeKey],
+        now: float,
+    ) -> tuple[set[int], dict[TypeKey, EventType]]:
+        """Load, in one query each, the integrations and event types not held yet; return
+        those of `integration_ids` and `keys` that exist, as a snapshot for one batch."""
+        missing_ids = sorted(i for i in integration_ids if i not in self.integrations)
+        missing_keys = sorted(k for k in keys if k not in self.types)
+        async with conn.cursor(row_factory=dict_row) as cur:
+            if missing_ids:
+                await cur.execute("SELECT id FROM integrations WHERE id = ANY(%s)", (missing_ids,))
+                self.integrations.update({row["id"]: now for row in await cur.fetchall()})
+            if missing_keys:
+                await cur.execute(
+                    """
+                    SELECT t.* FROM event_types t
+                    JOIN unnest(%s::int[], %s::int[]) AS k (integration_id, id)
+                      ON t.integration_id = k.integration_id AND t.id = k.id
+                    """,
+                    ([k[0] for k in missing_keys], [k[1] for k in missing_keys]),
+                )
+                for row in await cur.fetchall():
+                    compiled = compile_type(row)
+                    self.types[(compiled.integration_id, compiled.id)] = (compiled, now)
+        known = {i for i in integration_ids if i in self.integrations}
+        types = {k: self.types[k][0] for k in keys if k in self.types}
+        return known, types
+
+
+async def follow_changes(catalog: Catalog, database_url: str, retry_s: float = 2.0) -> None:
+    """Apply change notifications as they come; on a lost connection, forget everything (a
+    notification may have been missed) and listen again."""
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {CHANNEL}")
+                catalog.clear()
+                async for note in conn.notifies():
+                    catalog.on_change(note.payload)
+        except psycopg.OperationalError as exc:
+            log.warning("catalog: database unavailable, retrying", extra={"error": str(exc)})
+            catalog.clear()
+            await asyncio.sleep(retry_s)

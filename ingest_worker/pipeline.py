@@ -1,0 +1,246 @@
+"""One poll batch, from raw records to output records: decode, validate, resolve devices in a
+single PostgreSQL transaction, encode. Kafka stays outside: the caller emits and commits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ingest_worker import encode, resolve
+from ingest_worker.catalog import Catalog, TypeKey
+from ingest_worker.decode import RawEvent, Rejection, Source, decode, timestamp_micros
+from ingest_worker.encode import OutRecord
+from ingest_worker.errors import DependencyUnavailable
+from ingest_worker.resolve import Claim, Device, DeviceRef
+from ingest_worker.validate import EventType, check_attributes
+
+log = logging.getLogger(__name__)
+
+MAX_TX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """What the pipeline needs of a consumed record."""
+
+    source: Source
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    accepted: str
+    rejected: str
+
+
+@dataclass
+class Outcome:
+    """Output records in input order, and counts by (outcome, code)."""
+
+    records: list[OutRecord] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event: RawEvent
+    event_type: EventType
+    ref: DeviceRef
+    device: Device
+
+
+Verdict = Accepted | Rejection
+
+
+async def process(
+    records: Sequence[InRecord], pool: AsyncConnectionPool[Any], catalog: Catalog, topics: Topics
+) -> Outcome:
+    """Every record of the batch ends as exactly one output record, in input order."""
+    decoded = [decode(r.source, r.value, r.headers, r.timestamp_ms) for r in records]
+    events = [d for d in decoded if isinstance(d, RawEvent)]
+    verdicts = await _with_retries(pool, catalog, events) if events else {}
+    outcome = Outcome()
+    for item in decoded:
+        verdict = verdicts[item.source] if isinstance(item, RawEvent) else item
+        outcome.records.append(_output(verdict, topics))
+        outcome.counts[_count_key(verdict)] += 1
+    return outcome
+
+
+async def _with_retries(
+    pool: AsyncConnectionPool[Any], catalog: Catalog, events: list[RawEvent]
+) -> dict[Source, Verdict]:
+    """The batch transaction, retried whole on deadlock or serialization failure."""
+    for attempt in range(1, MAX_TX_ATTEMPTS + 1):
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                return await _resolve_all(conn, catalog, events)
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            log.warning("batch transaction retried", extra={"attempt": attempt, "error": str(exc)})
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            raise DependencyUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        except PoolTimeout as exc:
+            raise DependencyUnavailable(f"no PostgreSQL connection: {exc}") from exc
+    raise DependencyUnavailable("batch transaction kept deadlocking")
+
+
+async def _resolve_all(
+    conn: psycopg.AsyncConnection[Any], catalog: Catalog, events: list[RawEvent]
+) -> dict[Source, Verdict]:
+    keys: set[TypeKey] = {(e.integration_id, e.event_type_id) for e in events}
+    known, types = await catalog.fill(
+        conn, {e.integration_id for e in events}, keys, time.monotonic()
+    )
+    planned: dict[Source, DeviceRef | Rejection] = {
+        e.source: _plan(e, known, types) for e in events
+    }
+    devices = await _devices(conn, events, planned)
+    verdicts = {e.source: _verdict(e, planned[e.source], devices, types) for e in events}
+    claims = await resolve.claim_keys(
+        conn,
+        [
+            (e.integration_id, e.idempotency_key, e)
+            for e in events
+            if e.idempotency_key is not None and isinstance(verdicts[e.source], Accepted)
+        ],
+    )
+    for e in events:
+        if e.idempotency_key is not None and isinstance(verdicts[e.source], Accepted):
+            claim = claims.get((e.integration_id, e.idempotency_key))
+            if claim is None or claim != Claim(e.source.topic, e.source.partition, e.source.offset):
+                verdicts[e.source] = _reject(
+                    e, 409, "duplicate", "this Idempotency-Key was already used in this integration"
+                )
+    return verdicts
+
+
+def _plan(
+    event: RawEvent, known: set[int], types: dict[TypeKey, EventType]
+) -> DeviceRef | Rejection:
+    """Integration, event type, attributes, then which device: or the first reason to reject."""
+    if event.integration_id not in known:
+        return _reject(event, 404, "unknown_integration", "no such integration")
+    event_type = types.get((event.integration_id, event.event_type_id))
+    if event_type is None:
+        return _reject(event, 404, "unknown_event_type", "no such event type in this integration")
+    errors = check_attributes(event_type, event.body["attributes"])
+    if errors:
+        return Rejection(
+            event.source,
+            event.value,
+            event.event_id,
+            event.integration_id,
+            400,
+            "invalid_attributes",
+            "the attributes do not match the event type's schema",
+            errors,
+        )
+    return resolve.device_ref(event, event_type)
+
+
+@dataclass(frozen=True, slots=True)
+class _Devices:
+    direct: dict[int, tuple[int, str | None]]
+    external: dict[tuple[int, str], Device]
+
+
+async def _devices(
+    conn: psycopg.AsyncConnection[Any],
+    events: list[RawEvent],
+    planned: dict[Source, DeviceRef | Rejection],
+) -> _Devices:
+    direct_ids: set[int] = set()
+    wanted: dict[tuple[int, str], str] = {}
+    for e in events:
+        ref = planned[e.source]
+        if isinstance(ref, DeviceRef) and ref.device_id is not None:
+            direct_ids.add(ref.device_id)
+        elif isinstance(ref, DeviceRef) and ref.external_id is not None:
+            wanted.setdefault((e.integration_id, ref.external_id), e.event_id)
+    return _Devices(
+        await resolve.direct_devices(conn, direct_ids),
+        await resolve.external_devices(conn, wanted),
+    )
+
+
+def _verdict(
+    event: RawEvent,
+    ref: DeviceRef | Rejection,
+    devices: _Devices,
+    types: dict[TypeKey, EventType],
+) -> Verdict:
+    if isinstance(ref, Rejection):
+        return ref
+    event_type = types[event.integration_id, event.event_type_id]
+    if ref.device_id is not None:
+        found = devices.direct.get(ref.device_id)
+        if found is None or found[0] != event.integration_id:
+            return _reject(event, 404, "device_not_found", "no such device in this integration")
+        return Accepted(event, event_type, ref, Device(ref.device_id, found[1], None))
+    device = devices.external.get((event.integration_id, str(ref.external_id)))
+    if device is None:  # its integration was deleted during the batch
+        return _reject(event, 404, "unknown_integration", "no such integration")
+    return Accepted(event, event_type, ref, device)
+
+
+def _reject(event: RawEvent, status: int, code: str, message: str) -> Rejection:
+    return Rejection(
+        event.source, event.value, event.event_id, event.integration_id, status, code, message
+    )
+
+
+def _output(verdict: Verdict, topics: Topics) -> OutRecord:
+    if isinstance(verdict, Rejection):
+        return OutRecord(
+            topics.rejected,
+            verdict.event_id.encode(),
+            encode.rejected_value(verdict),
+            [("event-id", verdict.event_id.encode())],
+        )
+    event = verdict.event
+    headers = [("event-id", event.event_id.encode())]
+    if event.traceparent:
+        headers.append(("traceparent", event.traceparent.encode()))
+    return OutRecord(
+        topics.accepted,
+        str(verdict.device.id).encode(),
+        encode.accepted_value(accepted_fields(verdict)),
+        headers,
+    )
+
+
+def accepted_fields(verdict: Accepted) -> dict[str, Any]:
+    """The Avro record of an accepted event, defaults applied."""
+    event, body, event_type = verdict.event, verdict.event.body, verdict.event_type
+    return {
+        "event_id": event.event_id,
+        "integration_id": event.integration_id,
+        "integration_event_type_id": event.event_type_id,
+        "event_type_version": event_type.version,
+        "integration_device_id": verdict.device.id,
+        "device_external_id": verdict.device.external_id,
+        "device_resolution": verdict.ref.method,
+        "device_created": verdict.device.created_by_event == event.event_id,
+        "timestamp": timestamp_micros(body["timestamp"]),
+        "duration_ms": int(body.get("duration", event_type.duration_ms)),
+        "buffer_ms": int(body.get("buffer", event_type.buffer_ms)),
+        "attributes_json": orjson.dumps(body["attributes"]).decode(),
+        "received_at": event.received_at_ms,
+        "idempotency_key": event.idempotency_key,
+    }
+
+
+def _count_key(verdict: Verdict) -> tuple[str, str]:
+    if isinstance(verdict, Rejection):
+        return ("rejected", verdict.code)
+    return ("accepted", verdict.ref.method)

@@ -1,0 +1,313 @@
+"""`ingest-worker worker`: the consumer-group loop around the pipeline and the sinks.
+
+Per poll batch: process (decode, validate, resolve in one PostgreSQL transaction, encode),
+then per partition emit and commit offsets in one Kafka transaction. A broken dependency puts
+the batch back (seek) and backs off; nothing is committed or skipped. SIGTERM finishes the
+batch in hand, then leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from ingest_worker import pipeline
+from ingest_worker.catalog import Catalog, follow_changes
+from ingest_worker.config import Settings
+from ingest_worker.decode import Source
+from ingest_worker.errors import DependencyUnavailable
+from ingest_worker.metrics import CONTENT_TYPE, WorkerMetrics
+from ingest_worker.pipeline import InRecord, Topics
+from ingest_worker.sink import PartitionLost, PartitionSinks
+
+log = logging.getLogger(__name__)
+
+Batch = dict[TopicPartition, list[Any]]
+
+
+def backoff_s(attempt: int, cap_s: float, jitter: float) -> float:
+    """Exponential backoff from 0.1 s, capped, with `jitter` in [0, 1) spreading replicas."""
+    return min(cap_s, 0.1 * 2.0 ** min(attempt, 16)) * (0.5 + jitter / 2)
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Producers follow partition ownership; a revocation waits for the batch in hand."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self._worker.lock:
+            await self._worker.sinks.close(revoked)
+        log.info("partitions revoked", extra={"partitions": sorted(str(tp) for tp in revoked)})
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": sorted(str(tp) for tp in assigned)})
+        async with self._worker.lock:
+            await self._worker.take_over()
+
+
+class Worker:
+    """One consumer-group member: its consumer, sinks, database pool and catalog."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: AIOKafkaConsumer,
+        sinks: PartitionSinks,
+        pool: AsyncConnectionPool[Any],
+        catalog: Catalog,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.settings, self.consumer, self.sinks = settings, consumer, sinks
+        self.pool, self.catalog, self.metrics = pool, catalog, metrics
+        self.lock = asyncio.Lock()
+        self.topics = Topics(settings.accepted_topic, settings.rejected_topic)
+        self._failures = 0
+        # Per owned partition, the first offset not yet committed: anything fetched below it
+        # (a fetch from before a take-over or a rewind) is dropped, never processed twice.
+        self._next: dict[TopicPartition, int] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll and handle batches until `stop` is set."""
+        while not stop.is_set():
+            batch = await self.consumer.getmany(
+                timeout_ms=self.settings.worker_poll_timeout_ms,
+                max_records=self.settings.worker_batch_max_records,
+            )
+            async with self.lock:
+                if not await self.take_over():
+                    await asyncio.sleep(backoff_s(1, self.settings.backoff_max_s, random.random()))  # noqa: S311
+                await self.handle(self._fresh(batch))
+
+    def _fresh(self, batch: Batch) -> Batch:
+        """The part of a fetched batch that is ours and not yet committed."""
+        fresh: Batch = {}
+        for tp, records in batch.items():
+            if self.sinks.owns(tp) and tp in self._next:
+                kept = [r for r in records if r.offset >= self._next[tp]]
+                if kept:
+                    fresh[tp] = kept
+        return fresh
+
+    async def take_over(self) -> bool:
+        """For each assigned partition without a producer: start one (which fences the previous
+        owner and ends its open transaction), then re-read the committed offset, which is only
+        now final, and resume from it. False if some partition could not be taken yet."""
+        done = True
+        for tp in sorted(self.consumer.assignment() - self.sinks.owned()):
+            try:
+                await self.sinks.open([tp])
+                async with asyncio.timeout(self.settings.kafka_timeout_s):
+                    committed = await self.consumer.committed(tp)
+            except (DependencyUnavailable, KafkaError, TimeoutError) as exc:
+                log.warning(
+                    "cannot take partition yet", extra={"partition": str(tp), "error": repr(exc)}
+                )
+                await self.sinks.close([tp])
+                done = False
+                continue
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+                committed = await self.consumer.position(tp)
+            else:
+                self.consumer.seek(tp, committed)
+            self._next[tp] = committed
+        for tp in set(self._next) - self.sinks.owned():
+            del self._next[tp]
+        return done
+
+    async def handle(self, batch: Batch) -> None:
+        """Process and commit one batch; on a broken dependency, put it back and back off."""
+        if not batch:
+            return
+        started = time.perf_counter()
+        records = [_in_record(r) for rs in batch.values() for r in rs]
+        try:
+            outcome = await pipeline.process(records, self.pool, self.catalog, self.topics)
+        except DependencyUnavailable as exc:
+            await self._retry_later(batch, batch, "postgres", exc)
+            return
+        failed = await self._commit(batch, outcome.records)
+        if failed:
+            await self._retry_later(batch, failed, "kafka", None)
+            return
+        self._failures = 0
+        self._observe(batch, outcome, time.perf_counter() - started)
+
+    async def _commit(self, batch: Batch, outputs: list[Any]) -> Batch:
+        """Commit each partition's share; return the partitions that must be retried."""
+        shares, start = {}, 0
+        for tp, rs in batch.items():
+            shares[tp] = outputs[start : start + len(rs)]
+            start += len(rs)
+        results = await asyncio.gather(
+            *(self.sinks.commit(tp, shares[tp], batch[tp][-1].offset + 1) for tp in batch),
+            return_exceptions=True,
+        )
+        failed: Batch = {}
+        for tp, result in zip(batch, results, strict=True):
+            if result is None:
+                self._next[tp] = batch[tp][-1].offset + 1
+            elif isinstance(result, PartitionLost):
+                log.info("partition lost to another worker", extra={"partition": str(tp)})
+            elif isinstance(result, BaseException):
+                log.warning("commit failed", extra={"partition": str(tp), "error": repr(result)})
+                failed[tp] = batch[tp]
+                await self._reset_sink(tp)
+        return failed
+
+    async def _reset_sink(self, tp: TopicPartition) -> None:
+        with suppress(DependencyUnavailable, KafkaError):
+            await self.sinks.reset(tp)
+
+    async def _retry_later(
+        self, batch: Batch, failed: Batch, reason: str, exc: Exception | None
+    ) -> None:
+        """Seek the failed partitions back to the batch's first offsets; pause, then go on."""
+        for tp, rs in failed.items():
+            if self.sinks.owns(tp):
+                self.consumer.seek(tp, rs[0].offset)
+                self._next[tp] = rs[0].offset
+        self.metrics.retries.labels(reason).inc()
+        self._failures += 1
+        pause = backoff_s(self._failures, self.settings.backoff_max_s, random.random())  # noqa: S311
+        log.warning(
+            "batch put back",
+            extra={"reason": reason, "error": str(exc or ""), "retry_in_s": round(pause, 2)},
+        )
+        await asyncio.sleep(pause)
+
+    def _observe(self, batch: Batch, outcome: pipeline.Outcome, elapsed_s: float) -> None:
+        for (kind, code), count in outcome.counts.items():
+            self.metrics.records.labels(kind, code).inc(count)
+        self.metrics.batch_records.observe(len(outcome.records))
+        self.metrics.batch_seconds.observe(elapsed_s)
+        for tp, rs in batch.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                self.metrics.lag.labels(str(tp.partition)).set(
+                    max(0, highwater - rs[-1].offset - 1)
+                )
+
+
+def _in_record(record: Any) -> InRecord:
+    return InRecord(
+        Source(record.topic, record.partition, record.offset),
+        record.value,
+        record.headers,
+        record.timestamp,
+    )
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings, bootstrap: str, database_url: str, metrics: WorkerMetrics
+) -> AsyncIterator[Worker]:
+    """A started worker: pool, catalog listener, sinks and a subscribed consumer."""
+    async with AsyncExitStack() as stack:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=4,
+            open=False,
+            kwargs={"row_factory": dict_row},
+            timeout=10,
+        )
+        await pool.open(wait=True, timeout=30)
+        stack.push_async_callback(pool.close)
+        catalog = Catalog(max_age_s=settings.catalog_max_age_s)
+        follower = asyncio.create_task(follow_changes(catalog, database_url))
+        stack.push_async_callback(_cancel, follower)
+        sinks = PartitionSinks(
+            bootstrap, settings.group_id, settings.transactional_id_prefix, settings.kafka_timeout_s
+        )
+        stack.push_async_callback(sinks.close_all)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=settings.group_id,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            client_id="ingest-worker",
+        )
+        worker = Worker(settings, consumer, sinks, pool, catalog, metrics)
+        consumer.subscribe([settings.raw_topic], listener=Rebalance(worker))
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        yield worker
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """The worker process: run until SIGTERM/SIGINT (or `stop`), with /healthz and /metrics
+    on the side port."""
+    if not settings.kafka_bootstrap_servers or not settings.database_url:
+        raise DependencyUnavailable("the worker needs KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics = WorkerMetrics()
+    async with AsyncExitStack() as stack:
+        if settings.worker_http_port:
+            await stack.enter_async_context(_side_server(settings, metrics))
+        worker = await stack.enter_async_context(
+            running(settings, settings.kafka_bootstrap_servers, settings.database_url, metrics)
+        )
+        log.info("worker running", extra={"group": settings.group_id, "topic": settings.raw_topic})
+        await worker.run(stop)
+    log.info("worker stopped")
+
+
+@asynccontextmanager
+async def _side_server(settings: Settings, metrics: WorkerMetrics) -> AsyncIterator[None]:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def healthz(_: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def metrics_route(_: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    app = Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_route)])
+    config = uvicorn.Config(
+        app,
+        host=settings.api_host,
+        port=settings.worker_http_port,
+        access_log=False,
+        log_config=None,
+        lifespan="off",
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    # startup/shutdown rather than serve(): serve() would take over SIGTERM and SIGINT,
+    # which belong to the worker loop. serve() sets `lifespan` itself; here lifespan is off.
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()
+    try:
+        yield
+    finally:
+        await server.shutdown()
