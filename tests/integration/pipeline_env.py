@@ -97,9 +97,12 @@ async def pipeline(
     """Fresh topics, an API publishing to them, and `workers` in-process workers."""
     settings = fresh_settings(base)
     await ensure_topics(bootstrap, settings, partitions=partitions)
-    async with running_api(settings, bootstrap, database_url) as api, api.client() as client:
-        async with _workers(settings, bootstrap, database_url, workers):
-            yield Pipeline(api, settings, client)
+    async with (
+        running_api(settings, bootstrap, database_url) as api,
+        api.client() as client,
+        _workers(settings, bootstrap, database_url, workers),
+    ):
+        yield Pipeline(api, settings, client)
 
 
 @asynccontextmanager
@@ -109,6 +112,8 @@ async def _workers(
     if count == 0:
         yield
         return
-    async with running_worker(settings, bootstrap, database_url):
-        async with _workers(settings, bootstrap, database_url, count - 1):
-            yield
+    async with (
+        running_worker(settings, bootstrap, database_url),
+        _workers(settings, bootstrap, database_url, count - 1),
+    ):
+        yield

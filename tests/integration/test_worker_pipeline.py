@@ -102,7 +102,9 @@ async def test_each_resolution_path(env: Pipeline) -> None:
     }
     out = await env.outputs(ids.values())
     got = {name: out[eid] for name, eid in ids.items()}
-    assert {k: [kind for kind, _ in v] for k, v in got.items()} == {k: ["accepted"] for k in got}, got
+    assert {k: [kind for kind, _ in v] for k, v in got.items()} == {k: ["accepted"] for k in got}, (
+        got
+    )
     rec = {name: v[0][1] for name, v in got.items()}
     assert (rec["direct"]["integration_device_id"], rec["direct"]["device_resolution"]) == (
         device_id,
@@ -154,10 +156,8 @@ async def test_rejection_codes_carry_the_original_payload(env: Pipeline) -> None
     """Each rejection code, from HTTP or straight from a gateway, with the raw payload, its
     source position and a reason."""
     integration_id, type_id = await _setup(env, "{store}:{meta.site.id}")
-    _, no_template_type = await _setup(env, template=None)
-    no_template_type_integration = integration_id  # types are per integration: make one here
     plain = await env.client.post(
-        f"/v1/integrations/{no_template_type_integration}/event-types",
+        f"/v1/integrations/{integration_id}/event-types",
         json={"name": "plain", "schema": {"type": "object"}},
     )
     plain_type = plain.json()["integration_event_type"]["id"]
