@@ -82,7 +82,11 @@ class Catalog:
                     ([k[0] for k in missing_keys], [k[1] for k in missing_keys]),
                 )
                 for row in await cur.fetchall():
-                    compiled = compile_type(row)
+                    try:
+                        compiled = compile_type(row)
+                    except (ValueError, TypeError, OverflowError) as exc:  # saved via SQL by hand?
+                        log.error("event type does not compile", extra={"id": row["id"], "error": str(exc)})
+                        continue
                     self.types[(compiled.integration_id, compiled.id)] = (compiled, now)
         known = {i for i in integration_ids if i in self.integrations}
         types = {k: self.types[k][0] for k in keys if k in self.types}

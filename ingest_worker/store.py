@@ -18,7 +18,7 @@ import orjson
 import psycopg
 from psycopg import sql
 from psycopg.rows import DictRow, dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool
 
 from ingest_worker.errors import DependencyUnavailable
@@ -198,8 +198,9 @@ async def integration_exists(conn: Conn, integration_id: int) -> None:
     await one(conn, "SELECT id FROM integrations WHERE id = %s", (integration_id,), "integration")
 
 
-def jsonb(value: Any) -> Jsonb:
-    return Jsonb(value)
+def json_value(value: Any) -> Json:
+    """A value for a `json` column, stored as written (no jsonb number normalisation)."""
+    return Json(value)
 
 
 def pool(database_url: str, max_size: int) -> AsyncConnectionPool[Conn]:

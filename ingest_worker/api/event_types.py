@@ -34,7 +34,7 @@ async def _definition(request: Request) -> tuple[Any, ...]:
         raise invalid(errors, "the event type is invalid")
     return (
         body["name"],
-        store.jsonb(body["schema"]),
+        store.json_value(body["schema"]),
         body.get("duration", 0),
         body.get("buffer", 0),
         body.get("external_device_id_template"),
