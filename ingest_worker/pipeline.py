@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg
@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 MAX_TX_ATTEMPTS = 5
 
 
-@dataclass(frozen=True, slots=True)
-class InRecord:
+class InRecord(NamedTuple):
     """What the pipeline needs of a consumed record."""
 
     source: Source
@@ -51,8 +50,7 @@ class Outcome:
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(NamedTuple):
     event: RawEvent
     event_type: EventType
     ref: DeviceRef

@@ -9,7 +9,7 @@ de-duplicated, sorted (so concurrent batches lock rows in the same order), inser
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -22,8 +22,7 @@ MAX_DEVICE_NAME_CHARS = 40
 Method = Literal["direct", "external_id", "template"]
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceRef:
+class DeviceRef(NamedTuple):
     """What an event names: a device id (direct) or an external id (given or templated)."""
 
     method: Method
@@ -31,8 +30,7 @@ class DeviceRef:
     external_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Device:
+class Device(NamedTuple):
     """A resolved device and whether this event's processing created it."""
 
     id: int
@@ -116,17 +114,14 @@ async def external_devices(
         )
         await cur.execute(
             """
-            SELECT d.integration_id, d.external_id, d.id, d.created_by_event
+            SELECT d.integration_id, d.external_id, d.id, d.created_by_event::text
             FROM devices d
             JOIN unnest(%s::int[], %s::text[]) AS w (integration_id, external_id)
               ON d.integration_id = w.integration_id AND d.external_id = w.external_id
             """,
             (integration_ids, external_ids),
         )
-        return {
-            (row[0], row[1]): Device(row[2], row[1], None if row[3] is None else str(row[3]))
-            for row in await cur.fetchall()
-        }
+        return {(row[0], row[1]): Device(row[2], row[1], row[3]) for row in await cur.fetchall()}
 
 
 @dataclass(frozen=True, slots=True)

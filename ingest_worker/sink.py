@@ -37,6 +37,8 @@ class PartitionSinks:
         self._bootstrap, self._group_id, self._prefix = bootstrap, group_id, prefix
         self._timeout_s = timeout_s
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        # Two producers with one transactional id would fence each other: open one at a time.
+        self._opening = asyncio.Lock()
 
     def owns(self, tp: TopicPartition) -> bool:
         return tp in self._producers
@@ -79,7 +81,7 @@ class PartitionSinks:
     async def reset(self, tp: TopicPartition) -> None:
         """Replace a producer left in an unknown state by a failed transaction."""
         await self.close([tp])
-        await self._open_one(tp)
+        await self.open([tp])
 
     async def commit(
         self, tp: TopicPartition, records: Sequence[OutRecord], next_offset: int

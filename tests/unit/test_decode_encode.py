@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from datetime import UTC, datetime
 
 import fastavro
 import orjson
@@ -135,3 +136,36 @@ def test_rejected_records_keep_the_raw_value() -> None:
         "message": "bad",
         "details": [],
     }
+
+
+def test_writer_schema_writes_the_same_bytes_as_the_published_schema() -> None:
+    """Encoding without logical-type annotations is byte-identical to encoding with them."""
+    event_id = uuid.uuid4()
+    fields = {
+        "integration_id": 1,
+        "integration_event_type_id": 2,
+        "event_type_version": 3,
+        "integration_device_id": 4,
+        "device_external_id": None,
+        "device_resolution": "direct",
+        "device_created": False,
+        "duration_ms": 0,
+        "buffer_ms": 0,
+        "attributes_json": "{}",
+        "idempotency_key": "k",
+    }
+    ours = accepted_value(
+        {**fields, "event_id": str(event_id), "timestamp": 1_500_000, "received_at": 1_700}
+    )
+    published = io.BytesIO()
+    fastavro.schemaless_writer(
+        published,
+        avro_schema(),
+        {
+            **fields,
+            "event_id": event_id,
+            "timestamp": datetime(1970, 1, 1, 0, 0, 1, 500000, tzinfo=UTC),
+            "received_at": datetime(1970, 1, 1, 0, 0, 1, 700000, tzinfo=UTC),
+        },
+    )
+    assert ours[10:] == published.getvalue()
