@@ -49,8 +49,11 @@ def server_args(data: Path, socket_dir: Path, port: int, *, durable: bool) -> li
 
 
 @contextmanager
-def local_postgres(work_dir: Path, *, durable: bool, timeout_s: float = 60) -> Iterator[str]:
-    """Init and run a fresh server under work_dir; yield the URL of its `postgres` database."""
+def local_postgres(
+    work_dir: Path, *, durable: bool, timeout_s: float = 60, port: int | None = None
+) -> Iterator[str]:
+    """Run a server under work_dir (initialised on first use); yield the URL of its
+    `postgres` database. Given the same work_dir and port, a restart keeps the data."""
     binaries, account = bin_dir(), proc.unprivileged_account()
     data, sockets, server_log = work_dir / "data", work_dir / "sockets", work_dir / "server.log"
     for folder in (work_dir, sockets):
@@ -58,9 +61,10 @@ def local_postgres(work_dir: Path, *, durable: bool, timeout_s: float = 60) -> I
         proc.hand_over(folder, account)
     server_log.touch()
     proc.hand_over(server_log, account)
-    initdb = [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
-    proc.run([*initdb, "--encoding=UTF8", "--no-instructions"], server_log, account)
-    port = proc.free_port()
+    if not (data / "PG_VERSION").exists():
+        initdb = [str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+        proc.run([*initdb, "--encoding=UTF8", "--no-instructions"], server_log, account)
+    port = port or proc.free_port()
     cmd = [str(binaries / "postgres"), *server_args(data, sockets, port, durable=durable)]
     server = proc.spawn(cmd, server_log, account)
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
