@@ -14,7 +14,7 @@ help:
 	@echo "make run    start the local stack (Kafka, PostgreSQL) and the service"
 	@echo "make test   lint, then the whole test suite against real Kafka and PostgreSQL"
 	@echo "make lint   ruff and mypy --strict"
-	@echo "make bench  ingest throughput of one API process against a bare-202 baseline"
+	@echo "make bench  API requests/s and worker events/s, each against a baseline"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,7 @@ integration: venv
 bench: venv
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/api.py
+	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/worker.py
 
 clean:
 	rm -rf $(VENV) .local .mypy_cache .pytest_cache .ruff_cache

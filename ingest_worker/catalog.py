@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ingest_worker.auth import CHANNEL
+from ingest_worker.resolve import Device
 from ingest_worker.validate import EventType, compile_type
 
 log = logging.getLogger(__name__)
@@ -22,11 +23,16 @@ TypeKey = tuple[int, int]
 
 @dataclass
 class Catalog:
-    """Known integrations and compiled event types, each with the time it was loaded."""
+    """Known integrations, compiled event types and resolved devices, each with the time it
+    was loaded. Devices are immutable in what the worker reads (id, integration, external id,
+    creator), so only deletion has to reach the copy."""
 
     max_age_s: float
     integrations: dict[int, float] = field(default_factory=dict)
     types: dict[TypeKey, tuple[EventType, float]] = field(default_factory=dict)
+    devices: dict[int, tuple[Device, int, float]] = field(default_factory=dict)
+    device_keys: dict[tuple[int, str], int] = field(default_factory=dict)
+    swept_at: float = 0.0
 
     def knows(self, integration_id: int) -> bool:
         return integration_id in self.integrations
@@ -46,16 +52,43 @@ class Catalog:
             self.types.pop((note.get("integration_id"), note.get("id")), None)
         elif note.get("table") == "integrations" and note.get("op") == "DELETE":
             self.integrations.pop(note.get("id"), None)
+        elif note.get("table") == "devices":
+            self.forget_device(note.get("id"))
 
     def clear(self) -> None:
         self.integrations.clear()
         self.types.clear()
+        self.devices.clear()
+        self.device_keys.clear()
 
     def expire(self, now: float) -> None:
-        """Forget entries older than max_age_s (in case a notification was lost)."""
-        cutoff = now - self.max_age_s
+        """Forget entries older than max_age_s (in case a notification was lost); sweeps at
+        most twice per max_age_s, so calling it per batch is cheap."""
+        if now - self.swept_at < self.max_age_s / 2:
+            return
+        self.swept_at, cutoff = now, now - self.max_age_s
         self.integrations = {k: t for k, t in self.integrations.items() if t >= cutoff}
         self.types = {k: v for k, v in self.types.items() if v[1] >= cutoff}
+        for device_id in [d for d, (_, _, t) in self.devices.items() if t < cutoff]:
+            self.forget_device(device_id)
+
+    def remember_device(self, device: Device, integration_id: int, now: float) -> None:
+        self.devices[device.id] = (device, integration_id, now)
+        if device.external_id is not None:
+            self.device_keys[(integration_id, device.external_id)] = device.id
+
+    def forget_device(self, device_id: object) -> None:
+        found = self.devices.pop(device_id, None)  # type: ignore[call-overload]
+        if found is not None and found[0].external_id is not None:
+            self.device_keys.pop((found[1], found[0].external_id), None)
+
+    def device_by_key(self, key: tuple[int, str]) -> Device | None:
+        device_id = self.device_keys.get(key)
+        return None if device_id is None else self.devices[device_id][0]
+
+    def device_by_id(self, device_id: int) -> tuple[Device, int] | None:
+        found = self.devices.get(device_id)
+        return None if found is None else (found[0], found[1])
 
     async def fill(
         self,

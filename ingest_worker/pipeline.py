@@ -96,13 +96,14 @@ async def _resolve_all(
     conn: psycopg.AsyncConnection[Any], catalog: Catalog, events: list[RawEvent]
 ) -> dict[Source, Verdict]:
     keys: set[TypeKey] = {(e.integration_id, e.event_type_id) for e in events}
+    catalog.expire(time.monotonic())
     known, types = await catalog.fill(
         conn, {e.integration_id for e in events}, keys, time.monotonic()
     )
     planned: dict[Source, DeviceRef | Rejection] = {
         e.source: _plan(e, known, types) for e in events
     }
-    devices = await _devices(conn, events, planned)
+    devices = await _devices(conn, catalog, events, planned)
     verdicts = {e.source: _verdict(e, planned[e.source], devices, types) for e in events}
     claims = await resolve.claim_keys(
         conn,
@@ -148,15 +149,17 @@ def _plan(
 
 @dataclass(frozen=True, slots=True)
 class _Devices:
-    direct: dict[int, tuple[int, str | None]]
+    direct: dict[int, tuple[Device, int]]
     external: dict[tuple[int, str], Device]
 
 
 async def _devices(
     conn: psycopg.AsyncConnection[Any],
+    catalog: Catalog,
     events: list[RawEvent],
     planned: dict[Source, DeviceRef | Rejection],
 ) -> _Devices:
+    """Devices named by the batch: from the catalog's copy, else in one query per kind."""
     direct_ids: set[int] = set()
     wanted: dict[tuple[int, str], str] = {}
     for e in events:
@@ -165,10 +168,18 @@ async def _devices(
             direct_ids.add(ref.device_id)
         elif isinstance(ref, DeviceRef) and ref.external_id is not None:
             wanted.setdefault((e.integration_id, ref.external_id), e.event_id)
-    return _Devices(
-        await resolve.direct_devices(conn, direct_ids),
-        await resolve.external_devices(conn, wanted),
+    direct = {i: found for i in direct_ids if (found := catalog.device_by_id(i)) is not None}
+    external = {k: hit for k in wanted if (hit := catalog.device_by_key(k)) is not None}
+    loaded_direct = await resolve.direct_devices(conn, direct_ids - direct.keys())
+    loaded_external = await resolve.external_devices(
+        conn, {k: v for k, v in wanted.items() if k not in external}
     )
+    now = time.monotonic()
+    for device, integration_id in loaded_direct.values():
+        catalog.remember_device(device, integration_id, now)
+    for (integration_id, _), device in loaded_external.items():
+        catalog.remember_device(device, integration_id, now)
+    return _Devices(direct | loaded_direct, external | loaded_external)
 
 
 def _verdict(
@@ -182,9 +193,9 @@ def _verdict(
     event_type = types[event.integration_id, event.event_type_id]
     if ref.device_id is not None:
         found = devices.direct.get(ref.device_id)
-        if found is None or found[0] != event.integration_id:
+        if found is None or found[1] != event.integration_id:
             return _reject(event, 404, "device_not_found", "no such device in this integration")
-        return Accepted(event, event_type, ref, Device(ref.device_id, found[1], None))
+        return Accepted(event, event_type, ref, found[0])
     device = devices.external.get((event.integration_id, str(ref.external_id)))
     if device is None:  # its integration was deleted during the batch
         return _reject(event, 404, "unknown_integration", "no such integration")

@@ -72,16 +72,17 @@ def _reject(event: RawEvent, status: int, code: str, message: str) -> Rejection:
 Conn = psycopg.AsyncConnection[Any]
 
 
-async def direct_devices(conn: Conn, device_ids: set[int]) -> dict[int, tuple[int, str | None]]:
-    """{device id: (integration id, external id)} of the ids that exist."""
+async def direct_devices(conn: Conn, device_ids: set[int]) -> dict[int, tuple[Device, int]]:
+    """{device id: (device, its integration id)} of the ids that exist."""
     if not device_ids:
         return {}
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
-            "SELECT id, integration_id, external_id FROM devices WHERE id = ANY(%s)",
+            "SELECT id, integration_id, external_id, created_by_event::text FROM devices "
+            "WHERE id = ANY(%s)",
             (sorted(device_ids),),
         )
-        return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+        return {row[0]: (Device(row[0], row[2], row[3]), row[1]) for row in await cur.fetchall()}
 
 
 async def external_devices(

@@ -229,3 +229,17 @@ def orjson_dumps(value: Any) -> bytes:
     import orjson
 
     return orjson.dumps(value)
+
+
+async def test_a_deleted_device_is_not_resolved_from_memory(env: Pipeline) -> None:
+    """The worker keeps resolved devices in memory; deleting one through the API reaches it,
+    so the next event with that external id creates a new device."""
+    integration_id, type_id = await _setup(env)
+    first = await _send(env, integration_id, _event(type_id, device_external_id="lane-7"))
+    created = (await env.outputs([first]))[first][0][1]
+    path = f"/v1/integrations/{integration_id}/devices/{created['integration_device_id']}"
+    assert (await env.client.delete(path)).status_code == 200
+    again = await _send(env, integration_id, _event(type_id, device_external_id="lane-7"))
+    recreated = (await env.outputs([again]))[again][0][1]
+    assert recreated["device_created"] is True
+    assert recreated["integration_device_id"] != created["integration_device_id"]
