@@ -6,14 +6,29 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import lru_cache
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from ingest_worker.errors import DependencyUnavailable
 from ingest_worker.raw import RawRecord
 
 log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=65536)
+def _key_hash(key: bytes) -> int:
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """Kafka's default partitioning (murmur2 of the key, as the Java client does), with the
+    pure-Python hash memoised: device hints repeat, and the hash was ~4% of a request."""
+    if key is None:
+        return int(DefaultPartitioner()(key, all_partitions, available))
+    return all_partitions[_key_hash(key) % len(all_partitions)]
 
 
 class Publisher:
@@ -64,6 +79,7 @@ async def publisher(
         max_batch_size=512 * 1024,
         request_timeout_ms=max(1000, int(timeout_s * 1000)),
         retry_backoff_ms=100,
+        partitioner=partitioner,
         client_id="ingest-worker-api",
     )
     try:

@@ -157,7 +157,7 @@ def build(settings: Settings, endpoints: tuple[str, str] | None = None) -> ASGIA
             Exception: _on_crash,
         },
     )
-    return MetricsMiddleware(ingest.FastIngest(app), registry)
+    return ingest.FastIngest(app, MetricsMiddleware(app, registry), registry)
 
 
 @asynccontextmanager

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ingest_worker import raw
 from ingest_worker.api.common import (
@@ -33,6 +33,7 @@ from ingest_worker.api.common import (
     require_json,
 )
 from ingest_worker.errors import DependencyUnavailable
+from ingest_worker.metrics import ApiMetrics
 from ingest_worker.problems import MEDIA_TYPE, Problem, invalid, not_found
 from ingest_worker.raw import RawRecord
 from ingest_worker.shape import FieldError, check_event, check_import
@@ -66,6 +67,10 @@ class IngestEndpoint:
     """The ingest route as a bare ASGI app: headers read once, no request object."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.respond(scope, receive, send)
+
+    async def respond(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer one request; return the status sent."""
         headers = {name: value for name, value in scope["headers"]}
 
         def header(name: str) -> str | None:
@@ -83,22 +88,38 @@ class IngestEndpoint:
         except Problem as problem:
             extra = [(k.lower().encode(), v.encode()) for k, v in problem.headers().items()]
             await _answer(send, problem.status, problem.body(), MEDIA_TYPE, extra)
-            return
+            return problem.status
         await _answer(send, 202, orjson.dumps({"event_id": event_id}), "application/json")
+        return 202
 
 
 class FastIngest:
-    """Sends `POST /v1/integrations/{id}/events` straight to the ingest endpoint."""
+    """Sends `POST /v1/integrations/{id}/events` straight to the ingest endpoint, counting it
+    as the metrics middleware would; everything else goes to `app` through `rest`."""
 
-    def __init__(self, app: Starlette) -> None:
-        self._app = app
+    def __init__(self, app: Starlette, rest: ASGIApp, metrics: ApiMetrics) -> None:
+        self._app, self._rest, self._metrics = app, rest, metrics
+        self._counters: dict[int, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and _EVENTS.match(scope["path"]):
             scope["app"], scope["route"] = self._app, EVENTS_ROUTE  # as Starlette would set them
-            await INGEST(scope, receive, send)
+            self._metrics.in_flight.inc()
+            status = 500
+            try:
+                status = await INGEST.respond(scope, receive, send)
+            finally:
+                self._metrics.in_flight.dec()
+                self._counter(status).inc()
             return
-        await self._app(scope, receive, send)
+        await self._rest(scope, receive, send)
+
+    def _counter(self, status: int) -> Any:
+        child = self._counters.get(status)
+        if child is None:
+            child = self._metrics.requests.labels(EVENTS_PATH, "POST", str(status))
+            self._counters[status] = child
+        return child
 
 
 def _integration_id(path: str) -> int:

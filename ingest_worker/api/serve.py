@@ -20,6 +20,7 @@ def server(settings: Settings, app_endpoints: tuple[str, str] | None = None) -> 
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
         backlog=4096,
     )

@@ -46,3 +46,18 @@ def test_auto_created_device_names_fit_40_characters() -> None:
     """Auto-created devices are named after their external id, shortened to 40 characters."""
     assert auto_name("S1:3") == "S1:3"
     assert len(auto_name("x" * 255)) == 40
+
+
+def test_api_partitioner_matches_kafkas_default() -> None:
+    """The memoised partitioner sends every key where Kafka's default partitioner would."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from ingest_worker.publish import partitioner
+
+    partitions = list(range(6))
+    for n in range(2000):
+        key = f"{n % 7}:device-{n}".encode()
+        assert partitioner(key, partitions, partitions) == DefaultPartitioner()(
+            key, partitions, partitions
+        )
+    assert partitioner(None, partitions, [3]) == 3
