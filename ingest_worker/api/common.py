@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, LiteralString
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ingest_worker import store
 from ingest_worker.auth import AuthCache, Principal
 from ingest_worker.auth import load as load_auth
 from ingest_worker.config import Settings
@@ -176,6 +177,40 @@ def as_ints(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+async def list_response(
+    request: Request,
+    key: str,
+    columns: LiteralString,
+    table: LiteralString,
+    *,
+    scoped: bool = True,
+    **equals: Any,
+) -> Response:
+    """One page of a table in Spot's list envelope `{key: [...], "prev", "next"}`; `scoped`
+    lists the rows of the path's integration (404 if it does not exist)."""
+    admin(request)
+    limit = limit_param(request)
+    integration_id = path_id(request, "integration_id", "integration") if scoped else None
+    async with deps(request).store.tx() as conn:
+        filters = store.everything()
+        if integration_id is not None:
+            await store.integration_exists(conn, integration_id)
+            filters = store.by_integration(integration_id, **equals)
+        cursor = request.query_params.get("cursor")
+        found = await store.page(conn, columns, table, filters, cursor, limit)
+    return json_response({key: found.items, "prev": found.prev, "next": found.next})
+
+
+async def row_response(
+    request: Request, key: str, query: LiteralString, params: tuple[Any, ...], what: str
+) -> Response:
+    """Run a one-row statement (admin only) and answer `{key: row}`, or 404 naming `what`."""
+    admin(request)
+    async with deps(request).store.tx() as conn:
+        row = await store.one(conn, query, params, what)
+    return json_response({key: row})
 
 
 def limit_param(request: Request) -> int:

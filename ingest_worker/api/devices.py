@@ -11,15 +11,17 @@ from ingest_worker.api.common import (
     deps,
     json_body,
     json_response,
-    limit_param,
+    list_response,
     path_id,
     route,
+    row_response,
 )
 from ingest_worker.problems import invalid
 from ingest_worker.shape import FieldError
 from ingest_worker.store import DEVICE_COLUMNS
 
 BASE = "/v1/integrations/{integration_id:int}/devices"
+KEY = "integration_device"
 
 
 async def create(request: Request) -> Response:
@@ -41,41 +43,27 @@ async def create(request: Request) -> Response:
             ),
             "device",
         )
-    return json_response({"integration_device": row})
+    return json_response({KEY: row})
 
 
 async def list_all(request: Request) -> Response:
-    admin(request)
-    integration_id = path_id(request, "integration_id", "integration")
-    limit = limit_param(request)
+    """Devices of the integration, optionally the one with `external_id`."""
     external_id = request.query_params.get("external_id")
     if external_id is not None and not 1 <= len(external_id) <= 255:
         raise invalid([FieldError("external_id", "must be 1..255 characters")])
-    async with deps(request).store.tx() as conn:
-        await store.integration_exists(conn, integration_id)
-        found = await store.page(
-            conn,
-            DEVICE_COLUMNS,
-            "devices",
-            store.by_integration(integration_id, external_id=external_id),
-            request.query_params.get("cursor"),
-            limit,
-        )
-    return json_response(
-        {"integration_devices": found.items, "prev": found.prev, "next": found.next}
+    return await list_response(
+        request, "integration_devices", DEVICE_COLUMNS, "devices", external_id=external_id
     )
 
 
 async def read(request: Request) -> Response:
-    admin(request)
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE integration_id = %s AND id = %s",
-            _ids(request),
-            "device",
-        )
-    return json_response({"integration_device": row})
+    return await row_response(
+        request,
+        KEY,
+        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE integration_id = %s AND id = %s",
+        _ids(request),
+        "device",
+    )
 
 
 async def update(request: Request) -> Response:
@@ -83,42 +71,38 @@ async def update(request: Request) -> Response:
     admin(request)
     ids = _ids(request)
     body = await json_body(request, "device_update")
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            "UPDATE devices SET name = COALESCE(%s, name), tags = COALESCE(%s, tags) "
-            f"WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
-            (body.get("name"), body.get("tags"), *ids),
-            "device",
-        )
-    return json_response({"integration_device": row})
+    return await row_response(
+        request,
+        KEY,
+        "UPDATE devices SET name = COALESCE(%s, name), tags = COALESCE(%s, tags) "
+        f"WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
+        (body.get("name"), body.get("tags"), *ids),
+        "device",
+    )
 
 
 async def update_cameras(request: Request) -> Response:
     admin(request)
     ids = _ids(request)
     body = await json_body(request, "device_cameras")
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            "UPDATE devices SET camera_ids = %s WHERE integration_id = %s AND id = %s "
-            f"RETURNING {DEVICE_COLUMNS}",
-            (body["camera_ids"], *ids),
-            "device",
-        )
-    return json_response({"integration_device": row})
+    return await row_response(
+        request,
+        KEY,
+        "UPDATE devices SET camera_ids = %s WHERE integration_id = %s AND id = %s "
+        f"RETURNING {DEVICE_COLUMNS}",
+        (body["camera_ids"], *ids),
+        "device",
+    )
 
 
 async def delete(request: Request) -> Response:
-    admin(request)
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            f"DELETE FROM devices WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
-            _ids(request),
-            "device",
-        )
-    return json_response({"integration_device": row})
+    return await row_response(
+        request,
+        KEY,
+        f"DELETE FROM devices WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
+        _ids(request),
+        "device",
+    )
 
 
 def _ids(request: Request) -> tuple[int, int]:

@@ -16,15 +16,17 @@ from ingest_worker.api.common import (
     deps,
     json_body,
     json_response,
-    limit_param,
+    list_response,
     path_id,
     route,
+    row_response,
 )
 from ingest_worker.event_types import check_definition
 from ingest_worker.problems import invalid
 from ingest_worker.store import EVENT_TYPE_COLUMNS
 
 BASE = "/v1/integrations/{integration_id:int}/event-types"
+KEY = "integration_event_type"
 
 
 async def _definition(request: Request) -> tuple[Any, ...]:
@@ -55,69 +57,49 @@ async def create(request: Request) -> Response:
             (integration_id, *values),
             "event type",
         )
-    return json_response({"integration_event_type": row})
+    return json_response({KEY: row})
 
 
 async def list_all(request: Request) -> Response:
-    admin(request)
-    integration_id = path_id(request, "integration_id", "integration")
-    limit = limit_param(request)
-    async with deps(request).store.tx() as conn:
-        await store.integration_exists(conn, integration_id)
-        found = await store.page(
-            conn,
-            EVENT_TYPE_COLUMNS,
-            "event_types",
-            store.by_integration(integration_id),
-            request.query_params.get("cursor"),
-            limit,
-        )
-    return json_response(
-        {"integration_event_types": found.items, "prev": found.prev, "next": found.next}
+    return await list_response(
+        request, "integration_event_types", EVENT_TYPE_COLUMNS, "event_types"
     )
 
 
 async def read(request: Request) -> Response:
-    admin(request)
-    ids = _ids(request)
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            f"SELECT {EVENT_TYPE_COLUMNS} FROM event_types WHERE integration_id = %s AND id = %s",
-            ids,
-            "event type",
-        )
-    return json_response({"integration_event_type": row})
+    return await row_response(
+        request,
+        KEY,
+        f"SELECT {EVENT_TYPE_COLUMNS} FROM event_types WHERE integration_id = %s AND id = %s",
+        _ids(request),
+        "event type",
+    )
 
 
 async def replace(request: Request) -> Response:
     admin(request)
     ids = _ids(request)
     values = await _definition(request)
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            "UPDATE event_types SET name = %s, schema = %s, duration_ms = %s, buffer_ms = %s, "
-            "external_device_id_template = %s WHERE integration_id = %s AND id = %s "
-            f"RETURNING {EVENT_TYPE_COLUMNS}",
-            (*values, *ids),
-            "event type",
-        )
-    return json_response({"integration_event_type": row})
+    return await row_response(
+        request,
+        KEY,
+        "UPDATE event_types SET name = %s, schema = %s, duration_ms = %s, buffer_ms = %s, "
+        "external_device_id_template = %s WHERE integration_id = %s AND id = %s "
+        f"RETURNING {EVENT_TYPE_COLUMNS}",
+        (*values, *ids),
+        "event type",
+    )
 
 
 async def delete(request: Request) -> Response:
-    admin(request)
-    ids = _ids(request)
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            "DELETE FROM event_types WHERE integration_id = %s AND id = %s "
-            f"RETURNING {EVENT_TYPE_COLUMNS}",
-            ids,
-            "event type",
-        )
-    return json_response({"integration_event_type": row})
+    return await row_response(
+        request,
+        KEY,
+        "DELETE FROM event_types WHERE integration_id = %s AND id = %s "
+        f"RETURNING {EVENT_TYPE_COLUMNS}",
+        _ids(request),
+        "event type",
+    )
 
 
 def _ids(request: Request) -> tuple[int, int]:

@@ -5,88 +5,73 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingest_worker import store
 from ingest_worker.api.common import (
     admin,
-    deps,
     json_body,
-    json_response,
-    limit_param,
+    list_response,
     path_id,
     refresh_auth,
     route,
+    row_response,
 )
 from ingest_worker.store import INTEGRATION_COLUMNS
+
+KEY = "integration"
 
 
 async def create(request: Request) -> Response:
     admin(request)
     body = await json_body(request, "integration_input")
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            f"INSERT INTO integrations (name) VALUES (%s) RETURNING {INTEGRATION_COLUMNS}",
-            (body["name"],),
-            "integration",
-        )
+    answer = await row_response(
+        request,
+        KEY,
+        f"INSERT INTO integrations (name) VALUES (%s) RETURNING {INTEGRATION_COLUMNS}",
+        (body["name"],),
+        "integration",
+    )
     await refresh_auth(request)
-    return json_response({"integration": row})
+    return answer
 
 
 async def list_all(request: Request) -> Response:
-    admin(request)
-    limit = limit_param(request)
-    async with deps(request).store.tx() as conn:
-        found = await store.page(
-            conn,
-            INTEGRATION_COLUMNS,
-            "integrations",
-            store.everything(),
-            request.query_params.get("cursor"),
-            limit,
-        )
-    return json_response({"integrations": found.items, "prev": found.prev, "next": found.next})
+    return await list_response(
+        request, "integrations", INTEGRATION_COLUMNS, "integrations", scoped=False
+    )
 
 
 async def read(request: Request) -> Response:
-    admin(request)
-    integration_id = path_id(request, "integration_id", "integration")
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            f"SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE id = %s",
-            (integration_id,),
-            "integration",
-        )
-    return json_response({"integration": row})
+    return await row_response(
+        request,
+        KEY,
+        f"SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE id = %s",
+        (path_id(request, "integration_id", "integration"),),
+        "integration",
+    )
 
 
 async def update(request: Request) -> Response:
     admin(request)
     integration_id = path_id(request, "integration_id", "integration")
     body = await json_body(request, "integration_input")
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            f"UPDATE integrations SET name = %s WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
-            (body["name"], integration_id),
-            "integration",
-        )
-    return json_response({"integration": row})
+    return await row_response(
+        request,
+        KEY,
+        f"UPDATE integrations SET name = %s WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
+        (body["name"], integration_id),
+        "integration",
+    )
 
 
 async def delete(request: Request) -> Response:
-    admin(request)
-    integration_id = path_id(request, "integration_id", "integration")
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            f"DELETE FROM integrations WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
-            (integration_id,),
-            "integration",
-        )
+    answer = await row_response(
+        request,
+        KEY,
+        f"DELETE FROM integrations WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
+        (path_id(request, "integration_id", "integration"),),
+        "integration",
+    )
     await refresh_auth(request)
-    return json_response({"integration": row})
+    return answer
 
 
 ROUTES = [

@@ -11,14 +11,16 @@ from ingest_worker.api.common import (
     deps,
     json_body,
     json_response,
-    limit_param,
+    list_response,
     path_id,
     refresh_auth,
     route,
+    row_response,
 )
 from ingest_worker.store import TOKEN_COLUMNS
 
 BASE = "/v1/integrations/{integration_id:int}/tokens"
+KEY = "integration_token"
 
 
 async def create(request: Request) -> Response:
@@ -42,45 +44,29 @@ async def create(request: Request) -> Response:
             "token",
         )
     await refresh_auth(request)
-    return json_response({"integration_token": {**row, "token": secret}})
+    return json_response({KEY: {**row, "token": secret}})
 
 
 async def list_all(request: Request) -> Response:
-    admin(request)
-    integration_id = path_id(request, "integration_id", "integration")
-    limit = limit_param(request)
-    async with deps(request).store.tx() as conn:
-        await store.integration_exists(conn, integration_id)
-        found = await store.page(
-            conn,
-            TOKEN_COLUMNS,
-            "api_tokens",
-            store.by_integration(integration_id),
-            request.query_params.get("cursor"),
-            limit,
-        )
-    return json_response(
-        {"integration_tokens": found.items, "prev": found.prev, "next": found.next}
-    )
+    return await list_response(request, "integration_tokens", TOKEN_COLUMNS, "api_tokens")
 
 
 async def revoke(request: Request) -> Response:
     """Revoke a token: every API process stops accepting it within moments."""
-    admin(request)
     ids = (
         path_id(request, "integration_id", "integration"),
         path_id(request, "token_id", "token"),
     )
-    async with deps(request).store.tx() as conn:
-        row = await store.one(
-            conn,
-            "UPDATE api_tokens SET revoked = COALESCE(revoked, now()) "
-            f"WHERE integration_id = %s AND id = %s RETURNING {TOKEN_COLUMNS}",
-            ids,
-            "token",
-        )
+    answer = await row_response(
+        request,
+        KEY,
+        "UPDATE api_tokens SET revoked = COALESCE(revoked, now()) "
+        f"WHERE integration_id = %s AND id = %s RETURNING {TOKEN_COLUMNS}",
+        ids,
+        "token",
+    )
     await refresh_auth(request)
-    return json_response({"integration_token": row})
+    return answer
 
 
 ROUTES = [
