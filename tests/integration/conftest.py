@@ -30,6 +30,7 @@ from ingest_worker.devstack.stack import Endpoints, services
 from ingest_worker.devstack.topics import ensure_topics
 from ingest_worker.migrate import migrate
 from tests.integration.apiserver import ADMIN_TOKEN, RunningApi, running_api
+from tests.integration.pipeline_env import Pipeline, pipeline
 
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -226,3 +227,12 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError("ingest-worker api did not become ready")
+
+
+@pytest.fixture
+async def env(
+    settings: Settings, kafka_bootstrap: str, api_database: str
+) -> AsyncIterator[Pipeline]:
+    """An API and one in-process worker on topics of this test alone."""
+    async with pipeline(settings, kafka_bootstrap, api_database) as found:
+        yield found

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -28,22 +28,13 @@ from ingest_worker.migrate import migrate
 from tests.integration.apiserver import running_api
 from tests.integration.conftest import RUN_ID
 from tests.integration.kafka_read import header, read_topics
-from tests.integration.pipeline_env import Pipeline, fresh_settings, pipeline
+from tests.integration.pipeline_env import Pipeline, fresh_settings
 
 TEMPLATE_SCHEMA = {
     "type": "object",
     "required": ["store"],
     "properties": {"store": {"type": "string"}, "n": {"type": "integer"}},
 }
-
-
-@pytest.fixture
-async def env(
-    settings: Settings, kafka_bootstrap: str, api_database: str
-) -> AsyncIterator[Pipeline]:
-    """An API and one in-process worker on topics of this test alone."""
-    async with pipeline(settings, kafka_bootstrap, api_database) as found:
-        yield found
 
 
 async def _integration(

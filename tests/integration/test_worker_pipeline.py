@@ -3,15 +3,12 @@ rejection code with the original payload on the rejected topic."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-import pytest
 from aiokafka import AIOKafkaProducer
 
-from ingest_worker.config import Settings
-from tests.integration.pipeline_env import Pipeline, pipeline
+from tests.integration.pipeline_env import Pipeline
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -29,15 +26,6 @@ SCHEMA: dict[str, Any] = {
         "total": {"type": "number", "minimum": 0},
     },
 }
-
-
-@pytest.fixture
-async def env(
-    settings: Settings, kafka_bootstrap: str, api_database: str
-) -> AsyncIterator[Pipeline]:
-    """An API and one worker on topics of this test alone."""
-    async with pipeline(settings, kafka_bootstrap, api_database) as found:
-        yield found
 
 
 async def _setup(env: Pipeline, template: str | None = "{store}:{lane}") -> tuple[int, int]:
