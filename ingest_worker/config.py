@@ -100,7 +100,9 @@ class Settings:
         "Prefix of the per-partition transactional ids (`{prefix}-{group}-{topic}-{partition}`).",
     )
     kafka_timeout_s: float = _setting(
-        "INGEST_KAFKA_TIMEOUT_S", 30.0, "Worker's bound on one Kafka transaction step."
+        "INGEST_KAFKA_TIMEOUT_S",
+        10.0,
+        "Worker's bound on one partition's Kafka transaction; past it the batch is retried.",
     )
     catalog_max_age_s: float = _setting(
         "INGEST_CATALOG_MAX_AGE_S",

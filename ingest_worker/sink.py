@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -64,16 +65,25 @@ class PartitionSinks:
             client_id=f"ingest-worker-{tp.partition}",
         )
         try:
-            await producer.start()
-        except KafkaError as exc:
-            await producer.stop()
+            async with asyncio.timeout(self._timeout_s):
+                await producer.start()
+        except (KafkaError, TimeoutError) as exc:
+            await self._stop(producer)
             raise DependencyUnavailable(f"cannot start the producer of {tp}: {exc!r}") from exc
         self._producers[tp] = producer
+
+    async def _stop(self, producer: AIOKafkaProducer) -> None:
+        """Stop a producer, but never wait past the timeout: one whose sender died with the
+        broker can wait forever for batches it will never send. An abandoned producer is
+        harmless: the next one with its transactional id fences it."""
+        with suppress(KafkaError, TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await producer.stop()
 
     async def close(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop the producers of partitions we no longer own (an open transaction aborts)."""
         closing = [self._producers.pop(tp) for tp in list(partitions) if tp in self._producers]
-        await asyncio.gather(*(p.stop() for p in closing), return_exceptions=True)
+        await asyncio.gather(*(self._stop(p) for p in closing))
 
     async def close_all(self) -> None:
         await self.close(list(self._producers))
@@ -91,7 +101,7 @@ class PartitionSinks:
         if producer is None:
             raise PartitionLost(str(tp))
         try:
-            async with asyncio.timeout(self._timeout_s * 2):
+            async with asyncio.timeout(self._timeout_s):
                 await self._transaction(producer, tp, records, next_offset)
         except ProducerFenced as exc:
             await self.close([tp])
@@ -106,9 +116,13 @@ class PartitionSinks:
         records: Sequence[OutRecord],
         next_offset: int,
     ) -> None:
-        async with producer.transaction():
-            sent = [
-                await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
-            ]
-            await producer.send_offsets_to_transaction({tp: next_offset}, self._group_id)
-            await asyncio.gather(*sent)
+        # Not `producer.transaction()`: on a timeout its exit awaits an abort that, with the
+        # broker gone, never returns. A failed transaction is left open instead; the caller
+        # replaces the producer, and the new one (same transactional id) aborts it.
+        await producer.begin_transaction()
+        sent = [
+            await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
+        ]
+        await producer.send_offsets_to_transaction({tp: next_offset}, self._group_id)
+        await asyncio.gather(*sent)
+        await producer.commit_transaction()

@@ -112,6 +112,8 @@ class Worker:
                 await self.sinks.open([tp])
                 async with asyncio.timeout(self.settings.kafka_timeout_s):
                     committed = await self.consumer.committed(tp)
+                    if committed is None:
+                        committed = (await self.consumer.beginning_offsets([tp]))[tp]
             except (DependencyUnavailable, KafkaError, TimeoutError) as exc:
                 log.warning(
                     "cannot take partition yet", extra={"partition": str(tp), "error": repr(exc)}
@@ -119,11 +121,7 @@ class Worker:
                 await self.sinks.close([tp])
                 done = False
                 continue
-            if committed is None:
-                await self.consumer.seek_to_beginning(tp)
-                committed = await self.consumer.position(tp)
-            else:
-                self.consumer.seek(tp, committed)
+            self.consumer.seek(tp, committed)
             self._next[tp] = committed
         for tp in set(self._next) - self.sinks.owned():
             del self._next[tp]
@@ -171,7 +169,7 @@ class Worker:
             elif isinstance(result, BaseException):
                 log.warning("commit failed", extra={"partition": str(tp), "error": repr(result)})
                 failed[tp] = batch[tp]
-                await self._reset_sink(tp)
+        await asyncio.gather(*(self._reset_sink(tp) for tp in failed))
         return failed
 
     async def _reset_sink(self, tp: TopicPartition) -> None:
@@ -256,8 +254,23 @@ async def running(
         worker = worker_class(settings, consumer, sinks, pool, catalog, metrics)
         consumer.subscribe([settings.raw_topic], listener=Rebalance(worker))
         await consumer.start()
-        stack.push_async_callback(consumer.stop)
+        stack.push_async_callback(_stop_consumer, consumer, settings.kafka_timeout_s)
         yield worker
+
+
+async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
+    """Leave the group if the broker answers; never hang or crash the shutdown if not."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await consumer.stop()
+    except (KafkaError, TimeoutError) as exc:
+        log.warning("consumer stopped without leaving the group", extra={"error": repr(exc)})
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        # aiokafka's fetcher, closing with the broker gone, re-raises its own fetch task's
+        # cancellation; the consumer is stopped all the same.
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
