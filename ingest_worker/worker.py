@@ -18,7 +18,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -121,7 +121,9 @@ class Worker:
                 await self.sinks.close([tp])
                 done = False
                 continue
-            self.consumer.seek(tp, committed)
+            if not self._seek(tp, committed):
+                await self.sinks.close([tp])  # revoked while we were taking it
+                continue
             self._next[tp] = committed
         for tp in set(self._next) - self.sinks.owned():
             del self._next[tp]
@@ -181,8 +183,7 @@ class Worker:
     ) -> None:
         """Seek the failed partitions back to the batch's first offsets; pause, then go on."""
         for tp, rs in failed.items():
-            if self.sinks.owns(tp):
-                self.consumer.seek(tp, rs[0].offset)
+            if self.sinks.owns(tp) and self._seek(tp, rs[0].offset):
                 self._next[tp] = rs[0].offset
         self.metrics.retries.labels(reason).inc()
         self._failures += 1
@@ -193,13 +194,23 @@ class Worker:
         )
         await asyncio.sleep(pause)
 
+    def _seek(self, tp: TopicPartition, offset: int) -> bool:
+        """Move the consumer's position; False if `tp` was revoked meanwhile (a rebalance can
+        land during any await)."""
+        try:
+            self.consumer.seek(tp, offset)
+        except IllegalStateError:
+            return False
+        return True
+
     def _observe(self, batch: Batch, outcome: pipeline.Outcome, elapsed_s: float) -> None:
         for (kind, code), count in outcome.counts.items():
             self.metrics.records.labels(kind, code).inc(count)
         self.metrics.batch_records.observe(len(outcome.records))
         self.metrics.batch_seconds.observe(elapsed_s)
+        assigned = self.consumer.assignment()
         for tp, rs in batch.items():
-            highwater = self.consumer.highwater(tp)
+            highwater = self.consumer.highwater(tp) if tp in assigned else None
             if highwater is not None:
                 self.metrics.lag.labels(str(tp.partition)).set(
                     max(0, highwater - rs[-1].offset - 1)
