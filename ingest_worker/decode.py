@@ -39,6 +39,7 @@ class RawEvent(NamedTuple):
     event_id: str
     integration_id: int
     event_type_id: int
+    timestamp_us: int
     received_at_ms: int
     idempotency_key: str | None
     traceparent: str | None
@@ -92,12 +93,17 @@ def decode(
         errors.append(FieldError("headers.idempotency-key", "must be 1..255 characters, no NUL"))
     if errors:
         return reject(400, "invalid_request", "the event is not a valid request", errors)
+    try:
+        timestamp_us = timestamp_micros(body["timestamp"])
+    except ValueError as exc:
+        return reject(400, "invalid_request", str(exc), [FieldError("timestamp", str(exc))])
     return RawEvent(
         source,
         payload,
         event_id,
         integration_id,
         int(body["integration_event_type_id"]),
+        timestamp_us,
         _int(found.get("received-at")) or timestamp_ms,
         key,
         found.get("traceparent"),

@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ingest_worker import encode, resolve
 from ingest_worker.catalog import Catalog, TypeKey
-from ingest_worker.decode import RawEvent, Rejection, Source, decode, timestamp_micros
+from ingest_worker.decode import RawEvent, Rejection, Source, decode
 from ingest_worker.encode import OutRecord
 from ingest_worker.errors import DependencyUnavailable
 from ingest_worker.resolve import Claim, Device, DeviceRef
@@ -240,7 +240,7 @@ def accepted_fields(verdict: Accepted) -> dict[str, Any]:
         "device_external_id": verdict.device.external_id,
         "device_resolution": verdict.ref.method,
         "device_created": verdict.device.created_by_event == event.event_id,
-        "timestamp": timestamp_micros(body["timestamp"]),
+        "timestamp": event.timestamp_us,
         "duration_ms": int(body.get("duration", event_type.duration_ms)),
         "buffer_ms": int(body.get("buffer", event_type.buffer_ms)),
         "attributes_json": orjson.dumps(body["attributes"]).decode(),
