@@ -22,12 +22,10 @@ Provider = Literal["given", "docker", "local"]
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    """Where the services answer, and how each was provided."""
+    """Where the services answer."""
 
     kafka_bootstrap_servers: str
     database_url: str
-    kafka_provider: Provider
-    postgres_provider: Provider
 
 
 def choose(given: str | None, mode: StackMode, docker_answers: Callable[[], bool]) -> Provider:
@@ -55,7 +53,7 @@ def services(settings: Settings, work_dir: Path, *, durable: bool) -> Iterator[E
         database_url = settings.database_url or stack.enter_context(
             _postgres(pg_how, work_dir / "postgres", durable)
         )
-        yield Endpoints(bootstrap, database_url, kafka_how, pg_how)
+        yield Endpoints(bootstrap, database_url)
 
 
 def _kafka(how: Provider, work_dir: Path, cache: Path) -> AbstractContextManager[str]:
