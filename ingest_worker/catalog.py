@@ -34,13 +34,6 @@ class Catalog:
     device_keys: dict[tuple[int, str], int] = field(default_factory=dict)
     swept_at: float = 0.0
 
-    def knows(self, integration_id: int) -> bool:
-        return integration_id in self.integrations
-
-    def event_type(self, key: TypeKey) -> EventType | None:
-        found = self.types.get(key)
-        return None if found is None else found[0]
-
     def on_change(self, payload: str) -> None:
         """Apply one `ingest_changes` notification: drop what it names."""
         try:

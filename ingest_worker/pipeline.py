@@ -85,7 +85,7 @@ async def _with_retries(
                 return await _resolve_all(conn, catalog, events)
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
             log.warning("batch transaction retried", extra={"attempt": attempt, "error": str(exc)})
-        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+        except psycopg.OperationalError as exc:  # AdminShutdown included
             raise DependencyUnavailable(f"PostgreSQL unavailable: {exc}") from exc
         except PoolTimeout as exc:
             raise DependencyUnavailable(f"no PostgreSQL connection: {exc}") from exc

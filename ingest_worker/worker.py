@@ -138,11 +138,11 @@ class Worker:
         try:
             outcome = await self.process(records)
         except DependencyUnavailable as exc:
-            await self._retry_later(batch, batch, "postgres", exc)
+            await self._retry_later(batch, "postgres", exc)
             return
         failed = await self._commit(batch, outcome.records)
         if failed:
-            await self._retry_later(batch, failed, "kafka", None)
+            await self._retry_later(failed, "kafka", None)
             return
         self._failures = 0
         self._observe(batch, outcome, time.perf_counter() - started)
@@ -178,9 +178,7 @@ class Worker:
         with suppress(DependencyUnavailable, KafkaError):
             await self.sinks.reset(tp)
 
-    async def _retry_later(
-        self, batch: Batch, failed: Batch, reason: str, exc: Exception | None
-    ) -> None:
+    async def _retry_later(self, failed: Batch, reason: str, exc: Exception | None) -> None:
         """Seek the failed partitions back to the batch's first offsets; pause, then go on."""
         for tp, rs in failed.items():
             if self.sinks.owns(tp) and self._seek(tp, rs[0].offset):

@@ -76,6 +76,11 @@ def path_id(request: Request, name: str, what: str) -> int:
     return value
 
 
+def item_ids(request: Request, name: str, what: str) -> tuple[int, int]:
+    """(integration id, item id) from a `/v1/integrations/{integration_id}/.../{name}` path."""
+    return path_id(request, "integration_id", "integration"), path_id(request, name, what)
+
+
 def caller(request: Request, integration_id: int | None = None) -> Principal:
     """Authenticate, then (with an integration) authorize; 401 or 404 problems."""
     auth = deps(request).auth
@@ -189,8 +194,8 @@ async def list_response(
     **equals: Any,
 ) -> Response:
     """One page of a table in Spot's list envelope `{key: [...], "prev", "next"}`; `scoped`
-    lists the rows of the path's integration (404 if it does not exist)."""
-    admin(request)
+    lists the rows of the path's integration (404 if it does not exist). The caller has
+    checked the token."""
     limit = limit_param(request)
     integration_id = path_id(request, "integration_id", "integration") if scoped else None
     async with deps(request).store.tx() as conn:
@@ -206,8 +211,8 @@ async def list_response(
 async def row_response(
     request: Request, key: str, query: LiteralString, params: tuple[Any, ...], what: str
 ) -> Response:
-    """Run a one-row statement (admin only) and answer `{key: row}`, or 404 naming `what`."""
-    admin(request)
+    """Run a one-row statement and answer `{key: row}`, or 404 naming `what`. The caller has
+    checked the token."""
     async with deps(request).store.tx() as conn:
         row = await store.one(conn, query, params, what)
     return json_response({key: row})

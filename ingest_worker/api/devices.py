@@ -9,6 +9,7 @@ from ingest_worker import store
 from ingest_worker.api.common import (
     admin,
     deps,
+    item_ids,
     json_body,
     json_response,
     list_response,
@@ -48,6 +49,7 @@ async def create(request: Request) -> Response:
 
 async def list_all(request: Request) -> Response:
     """Devices of the integration, optionally the one with `external_id`."""
+    admin(request)
     external_id = request.query_params.get("external_id")
     if external_id is not None and not 1 <= len(external_id) <= 255:
         raise invalid([FieldError("external_id", "must be 1..255 characters")])
@@ -57,11 +59,12 @@ async def list_all(request: Request) -> Response:
 
 
 async def read(request: Request) -> Response:
+    admin(request)
     return await row_response(
         request,
         KEY,
         f"SELECT {DEVICE_COLUMNS} FROM devices WHERE integration_id = %s AND id = %s",
-        _ids(request),
+        item_ids(request, "device_id", "device"),
         "device",
     )
 
@@ -69,7 +72,7 @@ async def read(request: Request) -> Response:
 async def update(request: Request) -> Response:
     """Name and tags; fields left out keep their value. The external id never changes."""
     admin(request)
-    ids = _ids(request)
+    ids = item_ids(request, "device_id", "device")
     body = await json_body(request, "device_update")
     return await row_response(
         request,
@@ -83,7 +86,7 @@ async def update(request: Request) -> Response:
 
 async def update_cameras(request: Request) -> Response:
     admin(request)
-    ids = _ids(request)
+    ids = item_ids(request, "device_id", "device")
     body = await json_body(request, "device_cameras")
     return await row_response(
         request,
@@ -96,19 +99,13 @@ async def update_cameras(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
+    admin(request)
     return await row_response(
         request,
         KEY,
         f"DELETE FROM devices WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
-        _ids(request),
+        item_ids(request, "device_id", "device"),
         "device",
-    )
-
-
-def _ids(request: Request) -> tuple[int, int]:
-    return (
-        path_id(request, "integration_id", "integration"),
-        path_id(request, "device_id", "device"),
     )
 
 

@@ -14,6 +14,7 @@ from ingest_worker import store
 from ingest_worker.api.common import (
     admin,
     deps,
+    item_ids,
     json_body,
     json_response,
     list_response,
@@ -61,24 +62,26 @@ async def create(request: Request) -> Response:
 
 
 async def list_all(request: Request) -> Response:
+    admin(request)
     return await list_response(
         request, "integration_event_types", EVENT_TYPE_COLUMNS, "event_types"
     )
 
 
 async def read(request: Request) -> Response:
+    admin(request)
     return await row_response(
         request,
         KEY,
         f"SELECT {EVENT_TYPE_COLUMNS} FROM event_types WHERE integration_id = %s AND id = %s",
-        _ids(request),
+        item_ids(request, "type_id", "event type"),
         "event type",
     )
 
 
 async def replace(request: Request) -> Response:
     admin(request)
-    ids = _ids(request)
+    ids = item_ids(request, "type_id", "event type")
     values = await _definition(request)
     return await row_response(
         request,
@@ -92,20 +95,14 @@ async def replace(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
+    admin(request)
     return await row_response(
         request,
         KEY,
         "DELETE FROM event_types WHERE integration_id = %s AND id = %s "
         f"RETURNING {EVENT_TYPE_COLUMNS}",
-        _ids(request),
+        item_ids(request, "type_id", "event type"),
         "event type",
-    )
-
-
-def _ids(request: Request) -> tuple[int, int]:
-    return (
-        path_id(request, "integration_id", "integration"),
-        path_id(request, "type_id", "event type"),
     )
 
 

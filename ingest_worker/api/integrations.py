@@ -34,12 +34,14 @@ async def create(request: Request) -> Response:
 
 
 async def list_all(request: Request) -> Response:
+    admin(request)
     return await list_response(
         request, "integrations", INTEGRATION_COLUMNS, "integrations", scoped=False
     )
 
 
 async def read(request: Request) -> Response:
+    admin(request)
     return await row_response(
         request,
         KEY,
@@ -63,6 +65,7 @@ async def update(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
+    admin(request)
     answer = await row_response(
         request,
         KEY,

@@ -9,6 +9,7 @@ from ingest_worker import store, tokens
 from ingest_worker.api.common import (
     admin,
     deps,
+    item_ids,
     json_body,
     json_response,
     list_response,
@@ -48,21 +49,19 @@ async def create(request: Request) -> Response:
 
 
 async def list_all(request: Request) -> Response:
+    admin(request)
     return await list_response(request, "integration_tokens", TOKEN_COLUMNS, "api_tokens")
 
 
 async def revoke(request: Request) -> Response:
     """Revoke a token: every API process stops accepting it within moments."""
-    ids = (
-        path_id(request, "integration_id", "integration"),
-        path_id(request, "token_id", "token"),
-    )
+    admin(request)
     answer = await row_response(
         request,
         KEY,
         "UPDATE api_tokens SET revoked = COALESCE(revoked, now()) "
         f"WHERE integration_id = %s AND id = %s RETURNING {TOKEN_COLUMNS}",
-        ids,
+        item_ids(request, "token_id", "token"),
         "token",
     )
     await refresh_auth(request)

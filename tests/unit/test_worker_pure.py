@@ -23,10 +23,9 @@ def test_catalog_drops_what_a_notification_names() -> None:
     catalog = Catalog(max_age_s=30)
     catalog.integrations = {1: 0.0, 2: 0.0}
     catalog.on_change('{"table": "integrations", "op": "DELETE", "id": 2}')
-    assert catalog.knows(1)
-    assert not catalog.knows(2)
+    assert list(catalog.integrations) == [1]
     catalog.on_change("not json")
-    assert not catalog.knows(1)
+    assert not catalog.integrations
 
 
 def test_catalog_entries_expire() -> None:
