@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -68,35 +69,51 @@ class PartitionSinks:
             async with asyncio.timeout(self._timeout_s):
                 await producer.start()
         except (KafkaError, TimeoutError) as exc:
-            await self._stop(producer)
+            await self._kill(producer)
             raise DependencyUnavailable(f"cannot start the producer of {tp}: {exc!r}") from exc
         self._producers[tp] = producer
 
     async def _stop(self, producer: AIOKafkaProducer) -> None:
-        """Stop a producer, but never wait past the timeout: one whose sender died with the
-        broker can wait forever for batches it will never send. An abandoned producer is
-        harmless: the next one with its transactional id fences it."""
+        """Stop a producer between transactions: flush and close, but never wait past the
+        timeout (a producer whose broker is gone can wait forever); then kill it."""
         with suppress(KafkaError, TimeoutError):
             async with asyncio.timeout(self._timeout_s):
                 await producer.stop()
+                return
+        await self._kill(producer)
+
+    async def _kill(self, producer: AIOKafkaProducer) -> None:
+        """Stop a producer without flushing. aiokafka's stop() flushes first and, cancelled
+        while flushing, leaves the sender task running (aio-libs/aiokafka#1101): a zombie that
+        retries its sends, or even commits its transaction, once the broker is back. So the
+        sender is cancelled and the connections closed; the unsent batches are dropped."""
+        sender: asyncio.Task[None] | None = producer._sender.sender_task
+        for _ in range(10):
+            if sender is None or sender.done():
+                break
+            sender.cancel()  # again if it was awaiting a request: that request is cancelled too
+            await asyncio.wait([sender], timeout=1)
+        with suppress(KafkaError, TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await producer.client.close()
+        producer._closed = True  # as stop() would mark it, so it is not reported unclosed
 
     async def close(self, partitions: Iterable[TopicPartition]) -> None:
-        """Stop the producers of partitions we no longer own (an open transaction aborts)."""
+        """Stop the producers of partitions we no longer own."""
         closing = [self._producers.pop(tp) for tp in list(partitions) if tp in self._producers]
         await asyncio.gather(*(self._stop(p) for p in closing))
 
     async def close_all(self) -> None:
         await self.close(list(self._producers))
 
-    async def reset(self, tp: TopicPartition) -> None:
-        """Replace a producer left in an unknown state by a failed transaction."""
-        await self.close([tp])
-        await self.open([tp])
-
     async def commit(
         self, tp: TopicPartition, records: Sequence[OutRecord], next_offset: int
     ) -> None:
-        """Emit `records` and move the group's offset of `tp` to `next_offset`, atomically."""
+        """Emit `records` and move the group's offset of `tp` to `next_offset`, atomically.
+
+        A failed transaction's outcome is unknown: the broker may still commit it. So its
+        producer is killed and the partition given up; taking it again (`open`, then reading
+        the committed offset) fences the producer and settles the transaction first."""
         producer = self._producers.get(tp)
         if producer is None:
             raise PartitionLost(str(tp))
@@ -104,10 +121,16 @@ class PartitionSinks:
             async with asyncio.timeout(self._timeout_s):
                 await self._transaction(producer, tp, records, next_offset)
         except ProducerFenced as exc:
-            await self.close([tp])
+            await self._give_up(tp, producer)
             raise PartitionLost(str(tp)) from exc
         except (KafkaError, TimeoutError) as exc:
+            await self._give_up(tp, producer)
             raise DependencyUnavailable(f"transaction for {tp} failed: {exc!r}") from exc
+
+    async def _give_up(self, tp: TopicPartition, producer: AIOKafkaProducer) -> None:
+        if self._producers.get(tp) is producer:
+            del self._producers[tp]
+        await self._kill(producer)
 
     async def _transaction(
         self,
@@ -117,12 +140,22 @@ class PartitionSinks:
         next_offset: int,
     ) -> None:
         # Not `producer.transaction()`: on a timeout its exit awaits an abort that, with the
-        # broker gone, never returns. A failed transaction is left open instead; the caller
-        # replaces the producer, and the new one (same transactional id) aborts it.
+        # broker gone, never returns. A failed transaction is left to the broker instead: the
+        # next producer with this transactional id completes or aborts it.
         await producer.begin_transaction()
-        sent = [
-            await producer.send(r.topic, r.value, key=r.key, headers=r.headers) for r in records
-        ]
-        await producer.send_offsets_to_transaction({tp: next_offset}, self._group_id)
-        await asyncio.gather(*sent)
-        await producer.commit_transaction()
+        sent: list[asyncio.Future[Any]] = []
+        try:
+            for r in records:
+                sent.append(await producer.send(r.topic, r.value, key=r.key, headers=r.headers))
+            await producer.send_offsets_to_transaction({tp: next_offset}, self._group_id)
+            await asyncio.gather(*sent)
+            await producer.commit_transaction()
+        except BaseException:
+            for future in sent:  # their errors are this one; nobody else will read them
+                future.add_done_callback(_quiet)
+            raise
+
+
+def _quiet(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

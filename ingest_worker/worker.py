@@ -75,7 +75,7 @@ class Worker:
         self.pool, self.catalog, self.metrics = pool, catalog, metrics
         self.lock = asyncio.Lock()
         self.topics = Topics(settings.accepted_topic, settings.rejected_topic)
-        self._failures = 0
+        self._failures = self._takeover_failures = 0
         # Per owned partition, the first offset not yet committed: anything fetched below it
         # (a fetch from before a take-over or a rewind) is dropped, never processed twice.
         self._next: dict[TopicPartition, int] = {}
@@ -88,9 +88,15 @@ class Worker:
                 max_records=self.settings.worker_batch_max_records,
             )
             async with self.lock:
-                if not await self.take_over():
-                    await asyncio.sleep(backoff_s(1, self.settings.backoff_max_s, random.random()))  # noqa: S311
+                if await self.take_over():
+                    self._takeover_failures = 0
+                else:
+                    self._takeover_failures += 1
+                    await asyncio.sleep(self._backoff_s(self._takeover_failures))
                 await self.handle(self._fresh(batch))
+
+    def _backoff_s(self, failures: int) -> float:
+        return backoff_s(failures, self.settings.backoff_max_s, random.random())  # noqa: S311
 
     def _fresh(self, batch: Batch) -> Batch:
         """The part of a fetched batch that is ours and not yet committed."""
@@ -171,21 +177,18 @@ class Worker:
             elif isinstance(result, BaseException):
                 log.warning("commit failed", extra={"partition": str(tp), "error": repr(result)})
                 failed[tp] = batch[tp]
-        await asyncio.gather(*(self._reset_sink(tp) for tp in failed))
         return failed
 
-    async def _reset_sink(self, tp: TopicPartition) -> None:
-        with suppress(DependencyUnavailable, KafkaError):
-            await self.sinks.reset(tp)
-
     async def _retry_later(self, failed: Batch, reason: str, exc: Exception | None) -> None:
-        """Seek the failed partitions back to the batch's first offsets; pause, then go on."""
+        """Seek the failed partitions back to the batch's first offsets; pause, then go on. A
+        partition whose transaction failed is no longer owned: taking it over again finds
+        where to resume."""
         for tp, rs in failed.items():
             if self.sinks.owns(tp) and self._seek(tp, rs[0].offset):
                 self._next[tp] = rs[0].offset
         self.metrics.retries.labels(reason).inc()
         self._failures += 1
-        pause = backoff_s(self._failures, self.settings.backoff_max_s, random.random())  # noqa: S311
+        pause = self._backoff_s(self._failures)
         log.warning(
             "batch put back",
             extra={"reason": reason, "error": str(exc or ""), "retry_in_s": round(pause, 2)},

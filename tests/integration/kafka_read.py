@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 
@@ -58,15 +60,26 @@ async def read_topics(
         await consumer.stop()
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int]:
-    """The partition numbers of a topic, from the broker."""
+async def partitions_of(bootstrap: str, topic: str, timeout_s: float = 30) -> list[int]:
+    """The partition numbers of a topic, from the broker, once each has a leader (a broker
+    just back answers with none, or not at all, for a moment)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            with suppress(KafkaError):
+                partitions = await _describe(bootstrap, topic)
+                if partitions and all(int(p["leader"]) >= 0 for p in partitions):
+                    return sorted(int(p["partition"]) for p in partitions)
+            await asyncio.sleep(0.2)
+
+
+async def _describe(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         (described,) = await admin.describe_topics([topic])
     finally:
         await admin.close()
-    return [int(p["partition"]) for p in described["partitions"]]
+    return list(described["partitions"])
 
 
 def header(record: Any, name: str) -> bytes | None:

@@ -1,0 +1,91 @@
+"""The worker through a Kafka outage: the broker stops answering mid-stream, then resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from ingest_worker.config import Settings
+from ingest_worker.devstack.kafka import local_broker
+from ingest_worker.devstack.proc import free_port
+from ingest_worker.devstack.topics import ensure_topics
+from tests.integration.apiserver import running_api
+from tests.integration.conftest import RUN_ID
+from tests.integration.kafka_read import partitions_of
+from tests.integration.pipeline_env import fresh_settings
+from tests.integration.test_worker_guarantees import (
+    TEMPLATE_SCHEMA,
+    _event,
+    _import,
+    _integration,
+    _outputs_by_id,
+    _until_logged,
+    _until_some_output,
+    worker_process,
+)
+
+
+@contextmanager
+def _frozen(work: Path) -> Iterator[None]:
+    """The broker's JVM stopped (SIGSTOP): connections hang, nothing is answered, like a
+    partitioned or stalled broker; it resumes (SIGCONT) on exit."""
+    pattern = str(work / "server.properties")
+    subprocess.run(["pkill", "-STOP", "-f", pattern], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["pkill", "-CONT", "-f", pattern], check=True)
+
+
+async def _stable_offsets(bootstrap: str, topics: list[str]) -> dict[str, tuple[int, int]]:
+    """Per partition, (last stable offset, high watermark): a gap that stays means a
+    transaction left open."""
+    ends: dict[str, list[int]] = {}
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in await partitions_of(bootstrap, t)]
+            for tp, offset in (await consumer.end_offsets(tps)).items():
+                ends.setdefault(f"{tp.topic}-{tp.partition}", []).append(offset)
+        finally:
+            await consumer.stop()
+    return {name: (lso, hw) for name, (lso, hw) in ends.items()}
+
+
+async def test_kafka_outage_mid_stream_loses_and_duplicates_nothing(
+    settings: Settings, api_database: str, tmp_path: Path
+) -> None:
+    """The broker stops answering while a worker is mid-stream (transactions time out, some
+    perhaps already committed by the broker), stays away while the worker retries, then
+    resumes: the worker recovers without a restart and every event comes out exactly once.
+    The test runs a broker of its own, whatever serves the rest of the session."""
+    work = (settings.stack_dir / "test-runs" / RUN_ID / f"kafka-outage-{free_port()}").resolve()
+    own = fresh_settings(settings)
+    log = tmp_path / "worker.log"
+    with local_broker(work, (settings.stack_dir / "cache").resolve()) as bootstrap:
+        await ensure_topics(bootstrap, own, partitions=3)
+        async with running_api(own, bootstrap, api_database) as api, api.client() as client:
+            integration_id, type_id = await _integration(client, TEMPLATE_SCHEMA, "store-{store}")
+            events = [_event(type_id, {"store": f"o{i % 50}", "n": i}) for i in range(6000)]
+            ids = await _import(client, integration_id, events)
+        with worker_process(own, bootstrap, api_database, log) as worker:
+            await _until_some_output(bootstrap, own, at_least=300)
+            with _frozen(work):
+                await _until_logged(log, "batch put back")
+                await _until_logged(log, "cannot take partition yet")
+            found = await _outputs_by_id(bootstrap, own, ids, timeout_s=180)
+            offsets = await _stable_offsets(bootstrap, [own.accepted_topic, own.rejected_topic])
+            assert worker.poll() is None  # it recovered in place
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 60) == 0
+    counts = {i: len(found.get(i.encode(), [])) for i in ids}
+    assert sorted(set(counts.values())) == [1], (offsets, [c for c in counts.values() if c != 1])
+    assert {r.topic for rs in found.values() for r in rs} == {own.accepted_topic}
