@@ -234,8 +234,10 @@ async def running(
     database_url: str,
     metrics: WorkerMetrics,
     worker_class: type[Worker] = Worker,
+    sinks_class: type[PartitionSinks] = PartitionSinks,
 ) -> AsyncIterator[Worker]:
-    """A started worker: pool, catalog listener, sinks and a subscribed consumer."""
+    """A started worker: pool, catalog listener, sinks and a subscribed consumer (the
+    classes are for the benchmark's baseline and the fault-injection tests)."""
     async with AsyncExitStack() as stack:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             database_url,
@@ -250,7 +252,7 @@ async def running(
         catalog = Catalog(max_age_s=settings.catalog_max_age_s)
         follower = asyncio.create_task(follow_changes(catalog, database_url))
         stack.push_async_callback(_cancel, follower)
-        sinks = PartitionSinks(
+        sinks = sinks_class(
             bootstrap, settings.group_id, settings.transactional_id_prefix, settings.kafka_timeout_s
         )
         stack.push_async_callback(sinks.close_all)

@@ -1,21 +1,29 @@
-"""The worker through a Kafka outage: the broker stops answering mid-stream, then resumes."""
+"""The worker through Kafka failures: transactions whose outcome the worker never learns, and
+a broker that stops answering mid-stream, then resumes."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import TopicPartition
 
 from ingest_worker.config import Settings
 from ingest_worker.devstack.kafka import local_broker
 from ingest_worker.devstack.proc import free_port
 from ingest_worker.devstack.topics import ensure_topics
+from ingest_worker.encode import OutRecord
+from ingest_worker.metrics import WorkerMetrics
+from ingest_worker.sink import PartitionSinks
+from ingest_worker.worker import running
 from tests.integration.apiserver import running_api
 from tests.integration.conftest import RUN_ID
 from tests.integration.kafka_read import partitions_of
@@ -30,6 +38,64 @@ from tests.integration.test_worker_guarantees import (
     _until_some_output,
     worker_process,
 )
+
+
+class OutcomeLostSinks(PartitionSinks):
+    """Per partition, the first transaction commits and the second is left open with a
+    record written, and the worker is told both failed: a connection lost at the last moment,
+    when only the broker knows how the transaction ended."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.attempts: Counter[TopicPartition] = Counter()
+
+    async def _transaction(
+        self,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        records: Sequence[OutRecord],
+        next_offset: int,
+    ) -> None:
+        self.attempts[tp] += 1
+        if self.attempts[tp] == 1:
+            await super()._transaction(producer, tp, records, next_offset)
+            raise KafkaConnectionError("injected: committed, but the answer was lost")
+        if self.attempts[tp] == 2:
+            await producer.begin_transaction()
+            first = records[0]
+            await (await producer.send(first.topic, first.value, key=first.key))
+            raise KafkaConnectionError("injected: lost in the middle of the transaction")
+        await super()._transaction(producer, tp, records, next_offset)
+
+
+async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
+    settings: Settings, kafka_bootstrap: str, api_database: str
+) -> None:
+    """A transaction reported failed may have committed (then its batch must not run again)
+    or may still be open (then it must be aborted, not left to hold back read_committed
+    readers): the worker takes the partition again and resumes from the committed offset, so
+    every event comes out exactly once."""
+    own = fresh_settings(settings, worker_batch_max_records=50)
+    await ensure_topics(kafka_bootstrap, own, partitions=3)
+    async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
+        integration_id, type_id = await _integration(client, TEMPLATE_SCHEMA, "store-{store}")
+        events = [_event(type_id, {"store": f"u{i % 20}", "n": i}) for i in range(600)]
+        ids = await _import(client, integration_id, events)
+    metrics, stop = WorkerMetrics(), asyncio.Event()
+    async with running(
+        own, kafka_bootstrap, api_database, metrics, sinks_class=OutcomeLostSinks
+    ) as worker:
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            found = await _outputs_by_id(kafka_bootstrap, own, ids, timeout_s=90)
+        finally:
+            stop.set()
+            await task
+        attempts = dict(worker.sinks.attempts) if isinstance(worker.sinks, OutcomeLostSinks) else {}
+    assert len(attempts) == 3, attempts
+    assert min(attempts.values()) >= 3, attempts  # both faults, then a commit, per partition
+    counts = Counter(len(found.get(i.encode(), [])) for i in ids)
+    assert counts == {1: len(ids)}, counts
 
 
 @contextmanager
