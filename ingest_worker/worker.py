@@ -77,8 +77,9 @@ class Worker:
         self.topics = Topics(settings.accepted_topic, settings.rejected_topic)
         self._failures = self._takeover_failures = 0
         # Per owned partition, the first offset not yet committed: anything fetched below it
-        # (a fetch from before a take-over or a rewind) is dropped, never processed twice.
+        # (a replay after a rewind) is dropped, never processed twice.
         self._next: dict[TopicPartition, int] = {}
+        self._taken: set[TopicPartition] = set()  # taken over since the last fetch
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and handle batches until `stop` is set."""
@@ -99,13 +100,21 @@ class Worker:
         return backoff_s(failures, self.settings.backoff_max_s, random.random())  # noqa: S311
 
     def _fresh(self, batch: Batch) -> Batch:
-        """The part of a fetched batch that is ours and not yet committed."""
+        """The part of a fetched batch that is ours and not yet committed. A partition taken
+        over since the fetch gives nothing: its records may predate the seek to the committed
+        offset (then keeping those above it would skip the gap), so it is sought there again
+        and fetched anew."""
         fresh: Batch = {}
         for tp, records in batch.items():
-            if self.sinks.owns(tp) and tp in self._next:
-                kept = [r for r in records if r.offset >= self._next[tp]]
-                if kept:
-                    fresh[tp] = kept
+            if not self.sinks.owns(tp) or tp not in self._next:
+                continue
+            if tp in self._taken:
+                self._seek(tp, self._next[tp])
+                continue
+            kept = [r for r in records if r.offset >= self._next[tp]]
+            if kept:
+                fresh[tp] = kept
+        self._taken.clear()
         return fresh
 
     async def take_over(self) -> bool:
@@ -131,6 +140,7 @@ class Worker:
                 await self.sinks.close([tp])  # revoked while we were taking it
                 continue
             self._next[tp] = committed
+            self._taken.add(tp)
         for tp in set(self._next) - self.sinks.owned():
             del self._next[tp]
         return done

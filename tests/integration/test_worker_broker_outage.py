@@ -59,13 +59,19 @@ class OutcomeLostSinks(PartitionSinks):
         self.attempts[tp] += 1
         if self.attempts[tp] == 1:
             await super()._transaction(producer, tp, records, next_offset)
-            raise KafkaConnectionError("injected: committed, but the answer was lost")
+            await self._fail("injected: committed, but the answer was lost")
         if self.attempts[tp] == 2:
             await producer.begin_transaction()
             first = records[0]
             await (await producer.send(first.topic, first.value, key=first.key))
-            raise KafkaConnectionError("injected: lost in the middle of the transaction")
+            await self._fail("injected: lost in the middle of the transaction")
         await super()._transaction(producer, tp, records, next_offset)
+
+    async def _fail(self, why: str) -> None:
+        """Fail the way a timeout would: late, so the consumer has already fetched what
+        follows the batch."""
+        await asyncio.sleep(0.5)
+        raise KafkaConnectionError(why)
 
 
 async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
@@ -73,13 +79,14 @@ async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
 ) -> None:
     """A transaction reported failed may have committed (then its batch must not run again)
     or may still be open (then it must be aborted, not left to hold back read_committed
-    readers): the worker takes the partition again and resumes from the committed offset, so
-    every event comes out exactly once."""
-    own = fresh_settings(settings, worker_batch_max_records=50)
-    await ensure_topics(kafka_bootstrap, own, partitions=3)
+    readers): the worker takes the partition again and resumes from the committed offset,
+    never from records it fetched before that, so every event comes out exactly once. (The
+    worker before this test repeated the first batch; an intermediate one skipped the second.)"""
+    own = fresh_settings(settings, worker_batch_max_records=50, backoff_max_s=0.5)
+    await ensure_topics(kafka_bootstrap, own, partitions=1)  # each batch follows the last
     async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
         integration_id, type_id = await _integration(client, TEMPLATE_SCHEMA, "store-{store}")
-        events = [_event(type_id, {"store": f"u{i % 20}", "n": i}) for i in range(600)]
+        events = [_event(type_id, {"store": f"u{i % 20}", "n": i}) for i in range(400)]
         ids = await _import(client, integration_id, events)
     metrics, stop = WorkerMetrics(), asyncio.Event()
     async with running(
@@ -91,9 +98,9 @@ async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
         finally:
             stop.set()
             await task
-        attempts = dict(worker.sinks.attempts) if isinstance(worker.sinks, OutcomeLostSinks) else {}
-    assert len(attempts) == 3, attempts
-    assert min(attempts.values()) >= 3, attempts  # both faults, then a commit, per partition
+        assert isinstance(worker.sinks, OutcomeLostSinks)
+        (attempts,) = worker.sinks.attempts.values()
+    assert attempts >= 3  # both faults, then commits
     counts = Counter(len(found.get(i.encode(), [])) for i in ids)
     assert counts == {1: len(ids)}, counts
 
