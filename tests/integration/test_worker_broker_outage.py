@@ -80,8 +80,7 @@ async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
     """A transaction reported failed may have committed (then its batch must not run again)
     or may still be open (then it must be aborted, not left to hold back read_committed
     readers): the worker takes the partition again and resumes from the committed offset,
-    never from records it fetched before that, so every event comes out exactly once. (The
-    worker before this test repeated the first batch; an intermediate one skipped the second.)"""
+    never from records it fetched before that, so every event comes out exactly once."""
     own = fresh_settings(settings, worker_batch_max_records=50, backoff_max_s=0.5)
     await ensure_topics(kafka_bootstrap, own, partitions=1)  # each batch follows the last
     async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
