@@ -28,14 +28,14 @@ from tests.integration.apiserver import running_api
 from tests.integration.conftest import RUN_ID
 from tests.integration.kafka_read import partitions_of
 from tests.integration.pipeline_env import fresh_settings
-from tests.integration.test_worker_guarantees import (
+from tests.integration.worker_env import (
     TEMPLATE_SCHEMA,
-    _event,
-    _import,
-    _integration,
-    _outputs_by_id,
-    _until_logged,
-    _until_some_output,
+    event_body,
+    import_events,
+    integration_with_type,
+    outputs_by_id,
+    until_logged,
+    until_some_output,
     worker_process,
 )
 
@@ -84,16 +84,18 @@ async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
     own = fresh_settings(settings, worker_batch_max_records=50, backoff_max_s=0.5)
     await ensure_topics(kafka_bootstrap, own, partitions=1)  # each batch follows the last
     async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
-        integration_id, type_id = await _integration(client, TEMPLATE_SCHEMA, "store-{store}")
-        events = [_event(type_id, {"store": f"u{i % 20}", "n": i}) for i in range(400)]
-        ids = await _import(client, integration_id, events)
+        integration_id, type_id = await integration_with_type(
+            client, TEMPLATE_SCHEMA, "store-{store}"
+        )
+        events = [event_body(type_id, {"store": f"u{i % 20}", "n": i}) for i in range(400)]
+        ids = await import_events(client, integration_id, events)
     metrics, stop = WorkerMetrics(), asyncio.Event()
     async with running(
         own, kafka_bootstrap, api_database, metrics, sinks_class=OutcomeLostSinks
     ) as worker:
         task = asyncio.create_task(worker.run(stop))
         try:
-            found = await _outputs_by_id(kafka_bootstrap, own, ids, timeout_s=90)
+            found = await outputs_by_id(kafka_bootstrap, own, ids, timeout_s=90)
         finally:
             stop.set()
             await task
@@ -145,15 +147,17 @@ async def test_kafka_outage_mid_stream_loses_and_duplicates_nothing(
     with local_broker(work, (settings.stack_dir / "cache").resolve()) as bootstrap:
         await ensure_topics(bootstrap, own, partitions=3)
         async with running_api(own, bootstrap, api_database) as api, api.client() as client:
-            integration_id, type_id = await _integration(client, TEMPLATE_SCHEMA, "store-{store}")
-            events = [_event(type_id, {"store": f"o{i % 50}", "n": i}) for i in range(6000)]
-            ids = await _import(client, integration_id, events)
+            integration_id, type_id = await integration_with_type(
+                client, TEMPLATE_SCHEMA, "store-{store}"
+            )
+            events = [event_body(type_id, {"store": f"o{i % 50}", "n": i}) for i in range(6000)]
+            ids = await import_events(client, integration_id, events)
         with worker_process(own, bootstrap, api_database, log) as worker:
-            await _until_some_output(bootstrap, own, at_least=300)
+            await until_some_output(bootstrap, own, at_least=300)
             with _frozen(work):
-                await _until_logged(log, "batch put back")
-                await _until_logged(log, "cannot take partition yet")
-            found = await _outputs_by_id(bootstrap, own, ids, timeout_s=180)
+                await until_logged(log, "batch put back")
+                await until_logged(log, "cannot take partition yet")
+            found = await outputs_by_id(bootstrap, own, ids, timeout_s=180)
             offsets = await _stable_offsets(bootstrap, [own.accepted_topic, own.rejected_topic])
             assert worker.poll() is None  # it recovered in place
             worker.send_signal(signal.SIGTERM)

@@ -7,13 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -25,44 +21,26 @@ from ingest_worker.devstack.topics import ensure_topics
 from ingest_worker.migrate import migrate
 from tests.integration.apiserver import running_api
 from tests.integration.conftest import RUN_ID
-from tests.integration.kafka_read import header, read_topics
 from tests.integration.pipeline_env import Pipeline, fresh_settings
-
-TEMPLATE_SCHEMA = {
-    "type": "object",
-    "required": ["store"],
-    "properties": {"store": {"type": "string"}, "n": {"type": "integer"}},
-}
-
-
-async def _integration(
-    client: httpx.AsyncClient, schema: dict[str, Any], template: str | None
-) -> tuple[int, int]:
-    made = (await client.post("/v1/integrations", json={"name": "g"})).json()["integration"]["id"]
-    body: dict[str, Any] = {"name": "t", "schema": schema}
-    if template:
-        body["external_device_id_template"] = template
-    typed = await client.post(f"/v1/integrations/{made}/event-types", json=body)
-    assert typed.status_code == 200, typed.text
-    return made, typed.json()["integration_event_type"]["id"]
-
-
-def _event(type_id: int, attributes: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    return {
-        "integration_event_type_id": type_id,
-        "timestamp": "2024-06-01T12:00:00Z",
-        "attributes": attributes,
-        **fields,
-    }
+from tests.integration.worker_env import (
+    TEMPLATE_SCHEMA,
+    event_body,
+    import_events,
+    integration_with_type,
+    outputs_by_id,
+    until_logged,
+    until_some_output,
+    worker_process,
+)
 
 
 async def test_event_type_update_reaches_the_worker_mid_stream(env: Pipeline) -> None:
     """After a PUT changes the schema, the next events are validated with the new version."""
     number = {"type": "object", "required": ["total"], "properties": {"total": {"type": "number"}}}
-    integration_id, type_id = await _integration(env.client, number, None)
+    integration_id, type_id = await integration_with_type(env.client, number, None)
     path = f"/v1/integrations/{integration_id}/events"
     before = (
-        await env.client.post(path, json=_event(type_id, {"total": 5}, device_external_id="d"))
+        await env.client.post(path, json=event_body(type_id, {"total": 5}, device_external_id="d"))
     ).json()["event_id"]
     assert (await env.outputs([before]))[before][0][1]["event_type_version"] == 1
     text = {"type": "object", "required": ["total"], "properties": {"total": {"type": "string"}}}
@@ -72,75 +50,17 @@ async def test_event_type_update_reaches_the_worker_mid_stream(env: Pipeline) ->
     )
     assert replaced.json()["integration_event_type"]["version"] == 2
     old_shape = (
-        await env.client.post(path, json=_event(type_id, {"total": 5}, device_external_id="d"))
+        await env.client.post(path, json=event_body(type_id, {"total": 5}, device_external_id="d"))
     ).json()["event_id"]
     new_shape = (
-        await env.client.post(path, json=_event(type_id, {"total": "5"}, device_external_id="d"))
+        await env.client.post(
+            path, json=event_body(type_id, {"total": "5"}, device_external_id="d")
+        )
     ).json()["event_id"]
     out = await env.outputs([old_shape, new_shape])
     assert out[old_shape][0][1]["error"]["code"] == "invalid_attributes"
     assert out[new_shape][0][0] == "accepted"
     assert out[new_shape][0][1]["event_type_version"] == 2
-
-
-@contextmanager
-def worker_process(
-    settings: Settings, bootstrap: str, database_url: str, log: Path, port: int = 0
-) -> Iterator[subprocess.Popen[bytes]]:
-    """`ingest-worker worker` as its own process (side port `port`, or a free one); SIGTERM
-    at the end (if still alive)."""
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "DATABASE_URL": database_url,
-        "INGEST_RAW_TOPIC": settings.raw_topic,
-        "INGEST_ACCEPTED_TOPIC": settings.accepted_topic,
-        "INGEST_REJECTED_TOPIC": settings.rejected_topic,
-        "INGEST_GROUP_ID": settings.group_id,
-        "INGEST_WORKER_HTTP_PORT": str(port or free_port()),
-    }
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ingest_worker", "worker"], env=env, stderr=out, stdout=out
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-
-
-async def _import(
-    client: httpx.AsyncClient, integration_id: int, events: list[dict[str, Any]]
-) -> list[str]:
-    """Import in chunks of 500; return every event id, in order."""
-    ids: list[str] = []
-    for start in range(0, len(events), 500):
-        answer = await client.post(
-            f"/v1/integrations/{integration_id}/events/import",
-            json={"integration_events": events[start : start + 500]},
-        )
-        assert answer.status_code == 202, answer.text
-        ids += [r["event_id"] for r in answer.json()["results"]]
-    return ids
-
-
-async def _outputs_by_id(
-    bootstrap: str, settings: Settings, ids: list[str], timeout_s: float
-) -> dict[bytes, list[Any]]:
-    wanted = {i.encode() for i in ids}
-    records = await read_topics(
-        bootstrap,
-        [settings.accepted_topic, settings.rejected_topic],
-        until=lambda rs: wanted <= {header(r, "event-id") for r in rs},
-        timeout_s=timeout_s,
-        grace_s=1.0,
-    )
-    found: dict[bytes, list[Any]] = {}
-    for record in records:
-        found.setdefault(header(record, "event-id") or b"", []).append(record)
-    return found
 
 
 def _accepted_by_template(port: int) -> int:
@@ -172,7 +92,9 @@ async def test_three_workers_race_for_the_same_new_devices(
     await ensure_topics(kafka_bootstrap, own, partitions=6)
     ports = [free_port() for _ in range(3)]
     async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
-        integration_id, type_id = await _integration(client, TEMPLATE_SCHEMA, "store-{store}")
+        integration_id, type_id = await integration_with_type(
+            client, TEMPLATE_SCHEMA, "store-{store}"
+        )
         logs = [tmp_path / f"worker-{n}.log" for n in range(3)]
         with (
             worker_process(own, kafka_bootstrap, api_database, logs[0], ports[0]) as first,
@@ -180,9 +102,9 @@ async def test_three_workers_race_for_the_same_new_devices(
             worker_process(own, kafka_bootstrap, api_database, logs[2], ports[2]) as third,
         ):
             await asyncio.sleep(3)  # let the three join the group
-            events = [_event(type_id, {"store": f"s{i % 200}", "n": i}) for i in range(1000)]
-            ids = await _import(client, integration_id, events)
-            found = await _outputs_by_id(kafka_bootstrap, own, ids, timeout_s=120)
+            events = [event_body(type_id, {"store": f"s{i % 200}", "n": i}) for i in range(1000)]
+            ids = await import_events(client, integration_id, events)
+            found = await outputs_by_id(kafka_bootstrap, own, ids, timeout_s=120)
             counted = sum(map(_accepted_by_template, ports))
     assert [first.returncode, second.returncode, third.returncode] == [0, 0, 0]
     assert counted == 1000
@@ -206,9 +128,11 @@ async def test_killed_worker_loses_nothing_and_duplicates_nothing(
     own = fresh_settings(settings)
     await ensure_topics(kafka_bootstrap, own, partitions=4)
     async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
-        integration_id, type_id = await _integration(client, TEMPLATE_SCHEMA, "store-{store}")
+        integration_id, type_id = await integration_with_type(
+            client, TEMPLATE_SCHEMA, "store-{store}"
+        )
         events = [
-            _event(type_id, {"store": f"k{i % 300}", "n": i} if i % 10 else {"n": i})
+            event_body(type_id, {"store": f"k{i % 300}", "n": i} if i % 10 else {"n": i})
             for i in range(6000)
         ]
         victim_log, other_log = tmp_path / "victim.log", tmp_path / "other.log"
@@ -217,28 +141,18 @@ async def test_killed_worker_loses_nothing_and_duplicates_nothing(
             worker_process(own, kafka_bootstrap, api_database, other_log),
         ):
             await asyncio.sleep(3)
-            sending = asyncio.create_task(_import(client, integration_id, events))
-            await _until_some_output(kafka_bootstrap, own, at_least=500)
+            sending = asyncio.create_task(import_events(client, integration_id, events))
+            await until_some_output(kafka_bootstrap, own, at_least=500)
             victim.kill()  # SIGKILL, mid-stream
             victim.wait(10)
             ids = await sending
             with worker_process(own, kafka_bootstrap, api_database, tmp_path / "replacement.log"):
-                found = await _outputs_by_id(kafka_bootstrap, own, ids, timeout_s=180)
+                found = await outputs_by_id(kafka_bootstrap, own, ids, timeout_s=180)
     counts = {i: len(found.get(i.encode(), [])) for i in ids}
     assert sorted(set(counts.values())) == [1], {k: v for k, v in counts.items() if v != 1}
     assert len(found) == len(ids)
     rejected = [r for rs in found.values() for r in rs if r.topic == own.rejected_topic]
     assert len(rejected) == 600  # the events without the template's `store`
-
-
-async def _until_some_output(bootstrap: str, settings: Settings, at_least: int) -> None:
-    await read_topics(
-        bootstrap,
-        [settings.accepted_topic, settings.rejected_topic],
-        until=lambda rs: len(rs) >= at_least,
-        timeout_s=60,
-        isolation="read_uncommitted",
-    )
 
 
 async def test_postgres_outage_backs_off_and_loses_nothing(
@@ -255,18 +169,18 @@ async def test_postgres_outage_backs_off_and_loses_nothing(
     with local_postgres(work, durable=False, port=port) as database_url:
         await migrate(database_url, lock_timeout_s=30)
         async with running_api(own, kafka_bootstrap, database_url) as api, api.client() as client:
-            integration_id, type_id = await _integration(client, TEMPLATE_SCHEMA, "store-{store}")
-            events = [_event(type_id, {"store": f"p{i % 20}", "n": i}) for i in range(400)]
+            integration_id, type_id = await integration_with_type(
+                client, TEMPLATE_SCHEMA, "store-{store}"
+            )
+            events = [event_body(type_id, {"store": f"p{i % 20}", "n": i}) for i in range(400)]
             with worker_process(own, kafka_bootstrap, database_url, log):
-                first = await _import(client, integration_id, events[:200])
-                await _outputs_by_id(kafka_bootstrap, own, first, timeout_s=60)
+                first = await import_events(client, integration_id, events[:200])
+                await outputs_by_id(kafka_bootstrap, own, first, timeout_s=60)
                 _kill_postgres(work)
-                second = await _import(client, integration_id, events[200:])
-                await _until_logged(log, "batch put back")
+                second = await import_events(client, integration_id, events[200:])
+                await until_logged(log, "batch put back")
                 with local_postgres(work, durable=False, port=port):
-                    found = await _outputs_by_id(
-                        kafka_bootstrap, own, first + second, timeout_s=120
-                    )
+                    found = await outputs_by_id(kafka_bootstrap, own, first + second, timeout_s=120)
     assert {len(found.get(i.encode(), [])) for i in first + second} == {1}
     assert {r.topic for rs in found.values() for r in rs} == {own.accepted_topic}
 
@@ -283,11 +197,3 @@ def _kill_postgres(work: Path) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.05)
-
-
-async def _until_logged(log: Path, text: str, timeout_s: float = 60) -> None:
-    for _ in range(int(timeout_s * 10)):
-        if text in await asyncio.to_thread(log.read_text):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{text!r} never logged")
