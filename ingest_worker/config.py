@@ -112,6 +112,17 @@ class Settings:
     backoff_max_s: float = _setting(
         "INGEST_BACKOFF_MAX_S", 10.0, "Longest pause between retries while a dependency is down."
     )
+    idempotency_ttl_s: float = _setting(
+        "INGEST_IDEMPOTENCY_TTL_S",
+        86400.0,
+        "How long an Idempotency-Key claim holds; older claims are dropped and the key is free.",
+    )
+    max_auto_devices: int = _setting(
+        "INGEST_MAX_AUTO_DEVICES",
+        0,
+        "Most devices the worker auto-creates per integration (0: no limit); events that would "
+        "create more are rejected `device_limit_reached`.",
+    )
     migrate_lock_timeout_s: float = _setting(
         "INGEST_MIGRATE_LOCK_TIMEOUT_S",
         120.0,

@@ -10,6 +10,9 @@ from typing import Any
 
 # Namespace of event ids derived from (integration id, Idempotency-Key).
 EVENT_ID_NAMESPACE = uuid.UUID("6f0b5e4e-7f47-4d1c-9a57-2c1f0e0b7a11")
+# Namespace of an import item's event id (integration id, item index, the import's key): its
+# own, so no single event's key can ever name the same id as an import item.
+IMPORT_ITEM_NAMESPACE = uuid.UUID("3d6b1f0a-2c4e-4b8f-9f6d-8a0c5e7d1b24")
 _TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 
 Headers = list[tuple[str, bytes]]
@@ -25,11 +28,14 @@ class RawRecord:
     event_id: str
 
 
-def event_id(integration_id: int, idempotency_key: str | None) -> str:
-    """Random, or derived from the key so a retried request gets the same id."""
+def event_id(integration_id: int, idempotency_key: str | None, index: int | None = None) -> str:
+    """Random, or derived from the key (and, for an import item, its index) so a retried
+    request gets the same id."""
     if idempotency_key is None:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{integration_id}:{idempotency_key}"))
+    if index is None:
+        return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{integration_id}:{idempotency_key}"))
+    return str(uuid.uuid5(IMPORT_ITEM_NAMESPACE, f"{integration_id}:{index}:{idempotency_key}"))
 
 
 def device_hint(integration_id: int, event: dict[str, Any]) -> str | None:
@@ -56,9 +62,11 @@ def build(
     received_at_ms: int,
     idempotency_key: str | None,
     trace: str,
+    index: int | None = None,
 ) -> RawRecord:
-    """The record for one event whose body (`value`) is published byte for byte."""
-    eid = event_id(integration_id, idempotency_key)
+    """The record for one event whose body (`value`) is published byte for byte; `index` is
+    an import item's position, claimed with the import's key as the pair (key, index)."""
+    eid = event_id(integration_id, idempotency_key, index)
     hint = device_hint(integration_id, event)
     headers: Headers = [
         ("integration-id", str(integration_id).encode()),
@@ -68,5 +76,7 @@ def build(
     ]
     if idempotency_key is not None:
         headers.append(("idempotency-key", idempotency_key.encode()))
+        if index is not None:
+            headers.append(("idempotency-index", str(index).encode()))
     key = (hint or eid).encode()
     return RawRecord(key, value, headers, eid)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from itertools import islice
+from typing import Any, NamedTuple
 
 import jsonschema_rs
 import orjson
@@ -33,16 +34,42 @@ class FieldError:
         return entry
 
 
+# The deepest nesting any JSON body may have, counted in objects and arrays from the root
+# (`{"attributes": {}}` is 2). The shim and the worker both parse through `parse_json`, so
+# they agree; it leaves room under orjson's serialisation limit (254) for the envelopes a
+# stored value is later answered in, and keeps every recursive consumer shallow.
+MAX_JSON_DEPTH = 128
+# At most this many per-field errors are reported for one body; the total is given beside.
+MAX_DETAILS = 100
+
+
 class BadJsonError(ValueError):
     """The body is not a JSON document (syntax, encoding, depth or number range)."""
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a request body; raise BadJsonError with the decoder's reason."""
+    """Decode a request body; raise BadJsonError with the decoder's reason, or when it nests
+    deeper than MAX_JSON_DEPTH."""
     try:
-        return orjson.loads(body)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadJsonError(str(exc)) from exc
+    if isinstance(document, dict | list) and too_deep(document, MAX_JSON_DEPTH):
+        raise BadJsonError(f"nesting deeper than {MAX_JSON_DEPTH} levels")
+    return document
+
+
+def too_deep(document: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, dict | list):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 @cache
@@ -62,11 +89,24 @@ def validator(document: str, definition: str) -> jsonschema_rs.Validator:
 
 
 def check(document: str, definition: str, instance: Any, prefix: str = "") -> list[FieldError]:
-    """Every way `instance` breaks the schema; empty when valid."""
-    compiled = validator(document, definition)
+    """How `instance` breaks the schema (at most MAX_DETAILS ways); empty when valid."""
+    return errors_of(validator(document, definition), instance, prefix).errors
+
+
+class Errors(NamedTuple):
+    """The first MAX_DETAILS errors of an instance, and how many there are in all."""
+
+    errors: list[FieldError]
+    total: int
+
+
+def errors_of(compiled: jsonschema_rs.Validator, instance: Any, prefix: str = "") -> Errors:
+    """Validate; keep the first MAX_DETAILS errors, count the rest without building them."""
     if compiled.is_valid(instance):
-        return []
-    return [field_error(error, prefix) for error in compiled.iter_errors(instance)]
+        return Errors([], 0)
+    found = compiled.iter_errors(instance)
+    errors = [field_error(error, prefix) for error in islice(found, MAX_DETAILS)]
+    return Errors(errors, len(errors) + sum(1 for _ in found))
 
 
 def check_event(instance: Any, prefix: str = "") -> list[FieldError]:
