@@ -18,9 +18,34 @@ from ingest_worker import shape
 from ingest_worker.raw import EVENT_ID_NAMESPACE
 from ingest_worker.shape import FieldError
 
-Headers = Sequence[tuple[str, bytes]]
+Headers = Sequence[tuple[str, bytes | None]]
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_DECIMAL = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only; int64 fits in 19
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 MAX_KEY_CHARS = 255
+MAX_IMPORT_INDEX = 9999
+INT32 = range(-(2**31), 2**31)
+# Avro readers turn the timestamps into their language's date type; Python's (the narrowest)
+# spans years 1 to 9999, so every timestamp stays inside it.
+_FIRST_US = (datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+    microseconds=1
+)
+_LAST_US = (
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+) // timedelta(microseconds=1)
+TIMESTAMP_US = range(_FIRST_US, _LAST_US + 1)
+RECEIVED_AT_MS = range(_FIRST_US // 1000, _LAST_US // 1000 + 1)
+# The headers of the raw-topic contract: each may appear once, as UTF-8.
+CONTRACT_HEADERS = frozenset(
+    {
+        "integration-id",
+        "event-id",
+        "received-at",
+        "idempotency-key",
+        "idempotency-index",
+        "traceparent",
+    }
+)
 
 
 class Source(NamedTuple):
@@ -42,6 +67,7 @@ class RawEvent(NamedTuple):
     timestamp_us: int
     received_at_ms: int
     idempotency_key: str | None
+    idempotency_index: int | None
     traceparent: str | None
     body: dict[str, Any]
 
@@ -58,16 +84,17 @@ class Rejection:
     code: str
     message: str
     details: list[FieldError] = field(default_factory=list)
+    details_total: int | None = None  # when more errors were found than `details` holds
 
 
 def decode(
     source: Source, value: bytes | None, headers: Headers, timestamp_ms: int
 ) -> RawEvent | Rejection:
     """Read one raw record: headers, JSON, and the shared request shape."""
-    found = _headers(headers)
+    found, header_errors = read_headers(headers)
     event_id = _event_id(found.get("event-id"), source)
     payload = value or b""
-    integration_id = _int32(found.get("integration-id"))
+    integration_id = _in_range(found.get("integration-id"), INT32)
 
     def reject(
         status: int, code: str, message: str, details: list[FieldError] | None = None
@@ -76,27 +103,25 @@ def decode(
             source, payload, event_id, integration_id, status, code, message, details or []
         )
 
-    if integration_id is None:
-        return reject(
-            400,
-            "invalid_request",
-            "header `integration-id` is missing or not an int32",
-            [FieldError("headers.integration-id", "required, an int32")],
-        )
+    if integration_id is None or header_errors:
+        if integration_id is None:
+            header_errors.append(FieldError("headers.integration-id", "required, an int32"))
+        return reject(400, "invalid_request", "the record's headers are not valid", header_errors)
     try:
         body = shape.parse_json(payload)
     except shape.BadJsonError as exc:
         return reject(400, "invalid_json", f"the value is not valid JSON: {exc}")
     errors = shape.check_event(body)
-    key = found.get("idempotency-key")
-    if key is not None and not (1 <= len(key) <= MAX_KEY_CHARS and "\x00" not in key):
-        errors.append(FieldError("headers.idempotency-key", "must be 1..255 characters, no NUL"))
     if errors:
         return reject(400, "invalid_request", "the event is not a valid request", errors)
     try:
         timestamp_us = timestamp_micros(body["timestamp"])
     except ValueError as exc:
         return reject(400, "invalid_request", str(exc), [FieldError("timestamp", str(exc))])
+    if timestamp_us not in TIMESTAMP_US:
+        message = "must fall within the years 0001 to 9999 (UTC)"
+        return reject(400, "invalid_request", message, [FieldError("timestamp", message)])
+    received_at = _in_range(found.get("received-at"), RECEIVED_AT_MS)
     return RawEvent(
         source,
         payload,
@@ -104,8 +129,9 @@ def decode(
         integration_id,
         int(body["integration_event_type_id"]),
         timestamp_us,
-        _int(found.get("received-at")) or timestamp_ms,
-        key,
+        timestamp_ms if received_at is None else received_at,
+        found.get("idempotency-key"),
+        _in_range(found.get("idempotency-index"), range(MAX_IMPORT_INDEX + 1)),
         found.get("traceparent"),
         body,
     )
@@ -158,14 +184,42 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
     return era * 146097 + day_of_era - 719468
 
 
-def _headers(headers: Headers) -> dict[str, str]:
-    decoded = {}
+def read_headers(headers: Headers) -> tuple[dict[str, str], list[FieldError]]:
+    """The contract's headers (names in any case) as text, and what is wrong with them:
+    repeated, not UTF-8, or not of their form. Other headers are ignored."""
+    found: dict[str, str] = {}
+    errors: list[FieldError] = []
     for name, value in headers:
-        try:
-            decoded[name.lower()] = value.decode()
-        except (UnicodeDecodeError, AttributeError):
+        lowered = name.lower()
+        if lowered not in CONTRACT_HEADERS:
             continue
-    return decoded
+        if lowered in found:
+            errors.append(FieldError(f"headers.{lowered}", "must appear once"))
+            continue
+        try:
+            found[lowered] = (value or b"").decode()
+        except UnicodeDecodeError:
+            errors.append(FieldError(f"headers.{lowered}", "must be UTF-8"))
+            found[lowered] = ""
+    return found, errors + _header_form_errors(found)
+
+
+def _header_form_errors(found: dict[str, str]) -> list[FieldError]:
+    errors = []
+    key, index = found.get("idempotency-key"), found.get("idempotency-index")
+    if key is not None and not (1 <= len(key) <= MAX_KEY_CHARS and "\x00" not in key):
+        errors.append(FieldError("headers.idempotency-key", "must be 1..255 characters, no NUL"))
+    if index is not None and (key is None or _in_range(index, range(MAX_IMPORT_INDEX + 1)) is None):
+        errors.append(FieldError("headers.idempotency-index", "0..9999, with an idempotency-key"))
+    received_at = found.get("received-at")
+    if received_at is not None and _in_range(received_at, RECEIVED_AT_MS) is None:
+        errors.append(
+            FieldError("headers.received-at", "must be epoch milliseconds, years 0001 to 9999")
+        )
+    traceparent = found.get("traceparent")
+    if traceparent is not None and not _TRACEPARENT.fullmatch(traceparent):
+        del found["traceparent"]  # tracing only: a malformed one starts no trace, rejects nothing
+    return errors
 
 
 def _event_id(given: str | None, source: Source) -> str:
@@ -178,17 +232,18 @@ def _event_id(given: str | None, source: Source) -> str:
             return str(uuid.UUID(given))
         except ValueError:
             pass
+    return fallback_event_id(source)
+
+
+def fallback_event_id(source: Source) -> str:
+    """The event id of a record that carries none: derived from its position, so a replay of
+    the same record gets the same id."""
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{source.topic}:{source.partition}:{source.offset}"))
 
 
-def _int(text: str | None) -> int | None:
-    if text is None or not text.lstrip("-").isdigit():
+def _in_range(text: str | None, bounds: range) -> int | None:
+    """A decimal integer of ASCII digits within `bounds`, else None."""
+    if text is None or not _DECIMAL.fullmatch(text):
         return None
-    return int(text)
-
-
-def _int32(text: str | None) -> int | None:
-    value = _int(text)
-    if value is None or not -(2**31) <= value < 2**31:
-        return None
-    return value
+    value = int(text)
+    return value if value in bounds else None

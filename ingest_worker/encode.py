@@ -18,6 +18,7 @@ import orjson
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from ingest_worker.decode import Rejection
+from ingest_worker.shape import MAX_DETAILS
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 
@@ -76,10 +77,14 @@ def accepted_value(event: dict[str, Any]) -> bytes:
 
 
 _RESOLUTIONS = {"direct": 0, "external_id": 1, "template": 2}
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 
 
 def _long(out: bytearray, value: int) -> None:
-    """Avro int/long: zig-zag, then base-128 varint."""
+    """Avro int/long: zig-zag, then base-128 varint. Outside int64 no reader could decode
+    it, so that is an error, never a record."""
+    if not _LONG_MIN <= value <= _LONG_MAX:
+        raise OverflowError(f"{value} does not fit an Avro long")
     n = (value << 1) ^ (value >> 63)
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -113,17 +118,33 @@ def read_accepted(value: bytes) -> dict[str, Any]:
     return record
 
 
-def rejected_value(rejection: Rejection) -> bytes:
-    """The rejected topic's JSON: the raw value, where it came from, and why."""
-    raw: dict[str, Any]
+# What a rejection keeps when it must shrink: enough to read why, never the whole input.
+MAX_MESSAGE_CHARS = 1000
+_FIT_ATTEMPTS = 12
+
+
+def rejected_value(rejection: Rejection, max_bytes: int = 1_048_576) -> bytes:
+    """The rejected topic's JSON: the raw value, where it came from, and why; never more than
+    `max_bytes`. What does not fit is cut: the raw value first (`truncated: true`), then the
+    details (their total stays), then the message. Never raises."""
+    document = _rejected_document(rejection)
     try:
-        raw = {"raw": rejection.value.decode(), "raw_encoding": "utf-8"}
-    except UnicodeDecodeError:
-        raw = {"raw": base64.b64encode(rejection.value).decode(), "raw_encoding": "base64"}
-    document = {
+        encoded = orjson.dumps(document)
+    except (TypeError, ValueError):  # text orjson refuses (lone surrogates) in a message
+        document = _bare(document, rejection)
+        encoded = orjson.dumps(document)
+    if len(encoded) <= max_bytes:
+        return encoded
+    return _fit(document, rejection.value, max_bytes)
+
+
+def _rejected_document(rejection: Rejection) -> dict[str, Any]:
+    details = rejection.details[:MAX_DETAILS]
+    return {
         "event_id": rejection.event_id,
         "integration_id": rejection.integration_id,
-        **raw,
+        **_raw_fields(rejection.value),
+        "truncated": False,
         "source": {
             "topic": rejection.source.topic,
             "partition": rejection.source.partition,
@@ -133,7 +154,62 @@ def rejected_value(rejection: Rejection) -> bytes:
             "status": rejection.status,
             "code": rejection.code,
             "message": rejection.message,
-            "details": [d.as_json() for d in rejection.details],
+            "details": [d.as_json() for d in details],
+            "details_total": rejection.details_total or len(rejection.details),
         },
     }
-    return orjson.dumps(document)
+
+
+def _raw_fields(value: bytes) -> dict[str, Any]:
+    """The raw value as text when it is UTF-8, else base64 (a cut may split a character:
+    the partial one is dropped)."""
+    try:
+        return {"raw": value.decode(), "raw_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        pass
+    return {"raw": base64.b64encode(value).decode(), "raw_encoding": "base64"}
+
+
+def _cut(value: bytes, size: int, encoding: str) -> dict[str, Any]:
+    """The first `size` bytes of the raw value, in its encoding."""
+    if encoding == "utf-8":
+        return {"raw": value[:size].decode(errors="ignore"), "raw_encoding": "utf-8"}
+    return {"raw": base64.b64encode(value[:size]).decode(), "raw_encoding": "base64"}
+
+
+def _fit(document: dict[str, Any], raw: bytes, max_bytes: int) -> bytes:
+    """Shrink the raw value until the document fits (each raw byte takes at least one byte of
+    JSON, so cutting the excess nearly always fits at once); then the rest."""
+    document["truncated"] = True
+    document["raw_bytes"] = len(raw)
+    encoding, size = document["raw_encoding"], len(raw)
+    for attempt in range(_FIT_ATTEMPTS):
+        encoded = orjson.dumps(document)
+        if len(encoded) <= max_bytes:
+            return encoded
+        if size == 0:
+            break
+        excess = len(encoded) - max_bytes
+        size = max(0, size - excess - 16) if attempt < 3 else size // 2
+        document.update(_cut(raw, size, encoding))
+    error = document["error"]
+    error["details"], error["message"] = [], error["message"][:MAX_MESSAGE_CHARS]
+    encoded = orjson.dumps(document)
+    return encoded if len(encoded) <= max_bytes else orjson.dumps(_bare(document, None))
+
+
+def _bare(document: dict[str, Any], rejection: Rejection | None) -> dict[str, Any]:
+    """The least a rejection says: which record, and its code."""
+    error = document["error"]
+    return {
+        **document,
+        "raw": "" if rejection is None else document["raw"],
+        "truncated": rejection is None or document["truncated"],
+        "error": {
+            "status": error["status"],
+            "code": error["code"],
+            "message": error["code"],
+            "details": [],
+            "details_total": error["details_total"],
+        },
+    }

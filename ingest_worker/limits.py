@@ -23,7 +23,9 @@ RECORD_OVERHEAD_BYTES = 40
 HEADER_OVERHEAD_BYTES = 10
 
 
-def record_size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
+def record_size(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> int:
     """An upper bound of the bytes the broker counts for this record alone in a batch
     (uncompressed, as our producers send): compare it with the topic's `max.message.bytes`."""
     size = BATCH_OVERHEAD_BYTES + RECORD_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
@@ -32,9 +34,13 @@ def record_size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     return size
 
 
-async def max_message_bytes(bootstrap: str, topics: Sequence[str], timeout_s: float) -> dict[str, int]:
+async def max_message_bytes(
+    bootstrap: str, topics: Sequence[str], timeout_s: float
+) -> dict[str, int]:
     """Each topic's `max.message.bytes` (the broker default for a topic not created yet)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
     try:
         async with asyncio.timeout(timeout_s):
             await admin.start()

@@ -16,9 +16,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ingest_worker import encode, resolve
 from ingest_worker.catalog import Catalog, TypeKey
-from ingest_worker.decode import RawEvent, Rejection, Source, decode
+from ingest_worker.decode import RawEvent, Rejection, Source, decode, fallback_event_id
 from ingest_worker.encode import OutRecord
-from ingest_worker.errors import DependencyUnavailable
+from ingest_worker.errors import DependencyUnavailable, is_recoverable
+from ingest_worker.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from ingest_worker.resolve import Claim, Device, DeviceRef
 from ingest_worker.validate import EventType, check_attributes
 
@@ -38,8 +39,21 @@ class InRecord(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Topics:
+    """The output topics and the largest record each accepts (`max.message.bytes`)."""
+
     accepted: str
     rejected: str
+    accepted_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    rejected_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Limits a batch applies: how long an Idempotency-Key claim holds, and the most devices
+    auto-created per integration (0: no limit)."""
+
+    idempotency_ttl_s: float = 86400.0
+    max_auto_devices: int = 0
 
 
 @dataclass
@@ -61,28 +75,63 @@ Verdict = Accepted | Rejection
 
 
 async def process(
-    records: Sequence[InRecord], pool: AsyncConnectionPool[Any], catalog: Catalog, topics: Topics
+    records: Sequence[InRecord],
+    pool: AsyncConnectionPool[Any],
+    catalog: Catalog,
+    topics: Topics,
+    policy: Policy = Policy(),
 ) -> Outcome:
     """Every record of the batch ends as exactly one output record, in input order."""
-    decoded = [decode(r.source, r.value, r.headers, r.timestamp_ms) for r in records]
+    decoded = [decode_record(r) for r in records]
     events = [d for d in decoded if isinstance(d, RawEvent)]
-    verdicts = await _with_retries(pool, catalog, events) if events else {}
+    verdicts = await _with_retries(pool, catalog, events, policy) if events else {}
     outcome = Outcome()
     for item in decoded:
-        verdict = verdicts[item.source] if isinstance(item, RawEvent) else item
-        outcome.records.append(_output(verdict, topics))
+        record, verdict = output(
+            verdicts[item.source] if isinstance(item, RawEvent) else item, topics
+        )
+        outcome.records.append(record)
         outcome.counts[_count_key(verdict)] += 1
     return outcome
 
 
+def decode_record(record: InRecord) -> RawEvent | Rejection:
+    """`decode`, with any unexpected failure a rejection of this record alone."""
+    try:
+        return decode(record.source, record.value, record.headers, record.timestamp_ms)
+    except BaseException as exc:
+        if not is_recoverable(exc):
+            raise
+        event_id = fallback_event_id(record.source)
+        return unprocessable(record.source, record.value or b"", event_id, None, "decode", exc)
+
+
+def unprocessable(
+    source: Source,
+    value: bytes,
+    event_id: str,
+    integration_id: int | None,
+    stage: str,
+    exc: BaseException,
+) -> Rejection:
+    """The rejection of a record that broke a stage unexpectedly; logged once, with where it
+    came from, so the cause can be found."""
+    log.warning(
+        "record unprocessable",
+        extra={"stage": stage, "source": list(source), "error": repr(exc)[:500]},
+    )
+    message = f"the record could not be processed ({stage}: {type(exc).__name__})"
+    return Rejection(source, value, event_id, integration_id, 422, "unprocessable", message)
+
+
 async def _with_retries(
-    pool: AsyncConnectionPool[Any], catalog: Catalog, events: list[RawEvent]
+    pool: AsyncConnectionPool[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
 ) -> dict[Source, Verdict]:
     """The batch transaction, retried whole on deadlock or serialization failure."""
     for attempt in range(1, MAX_TX_ATTEMPTS + 1):
         try:
             async with pool.connection() as conn, conn.transaction():
-                return await _resolve_all(conn, catalog, events)
+                return await _resolve_all(conn, catalog, events, policy)
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
             log.warning("batch transaction retried", extra={"attempt": attempt, "error": str(exc)})
         except psycopg.OperationalError as exc:  # AdminShutdown included
@@ -93,46 +142,54 @@ async def _with_retries(
 
 
 async def _resolve_all(
-    conn: psycopg.AsyncConnection[Any], catalog: Catalog, events: list[RawEvent]
+    conn: psycopg.AsyncConnection[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
 ) -> dict[Source, Verdict]:
     keys: set[TypeKey] = {(e.integration_id, e.event_type_id) for e in events}
     catalog.expire(time.monotonic())
     known, types = await catalog.fill(
         conn, {e.integration_id for e in events}, keys, time.monotonic()
     )
-    planned: dict[Source, DeviceRef | Rejection] = {
-        e.source: _plan(e, known, types) for e in events
-    }
-    devices = await _devices(conn, catalog, events, planned)
+    planned: dict[Source, DeviceRef | Rejection] = {e.source: plan(e, known, types) for e in events}
+    devices = await _devices(conn, catalog, events, planned, policy.max_auto_devices)
     verdicts = {e.source: _verdict(e, planned[e.source], devices, types) for e in events}
-    claims = await resolve.claim_keys(
-        conn,
-        [
-            (e.integration_id, e.idempotency_key, e)
-            for e in events
-            if e.idempotency_key is not None and isinstance(verdicts[e.source], Accepted)
-        ],
-    )
-    for e in events:
-        if e.idempotency_key is not None and isinstance(verdicts[e.source], Accepted):
-            claim = claims.get((e.integration_id, e.idempotency_key))
-            if claim is None or claim != Claim(e.source.topic, e.source.partition, e.source.offset):
-                verdicts[e.source] = _reject(
-                    e, 409, "duplicate", "this Idempotency-Key was already used in this integration"
-                )
+    keyed = [
+        e
+        for e in events
+        if e.idempotency_key is not None and isinstance(verdicts[e.source], Accepted)
+    ]
+    claims = await resolve.claim_keys(conn, keyed, policy.idempotency_ttl_s)
+    for e in keyed:
+        if claims.get(resolve.claim_key(e)) != Claim(*e.source):
+            verdicts[e.source] = _reject(
+                e, 409, "duplicate", "this Idempotency-Key was already used in this integration"
+            )
     return verdicts
+
+
+def plan(
+    event: RawEvent, known: set[int], types: dict[TypeKey, EventType]
+) -> DeviceRef | Rejection:
+    """Integration, event type, attributes, then which device: or the first reason to reject
+    (an unexpected failure included)."""
+    try:
+        return _plan(event, known, types)
+    except BaseException as exc:
+        if not is_recoverable(exc):
+            raise
+        return unprocessable(
+            event.source, event.value, event.event_id, event.integration_id, "validate", exc
+        )
 
 
 def _plan(
     event: RawEvent, known: set[int], types: dict[TypeKey, EventType]
 ) -> DeviceRef | Rejection:
-    """Integration, event type, attributes, then which device: or the first reason to reject."""
     if event.integration_id not in known:
         return _reject(event, 404, "unknown_integration", "no such integration")
     event_type = types.get((event.integration_id, event.event_type_id))
     if event_type is None:
         return _reject(event, 404, "unknown_event_type", "no such event type in this integration")
-    errors = check_attributes(event_type, event.body["attributes"])
+    errors, total = check_attributes(event_type, event.body["attributes"])
     if errors:
         return Rejection(
             event.source,
@@ -143,6 +200,7 @@ def _plan(
             "invalid_attributes",
             "the attributes do not match the event type's schema",
             errors,
+            total,
         )
     return resolve.device_ref(event, event_type)
 
@@ -151,6 +209,7 @@ def _plan(
 class _Devices:
     direct: dict[int, tuple[Device, int]]
     external: dict[tuple[int, str], Device]
+    refused: set[tuple[int, str]]
 
 
 async def _devices(
@@ -158,6 +217,7 @@ async def _devices(
     catalog: Catalog,
     events: list[RawEvent],
     planned: dict[Source, DeviceRef | Rejection],
+    max_auto: int,
 ) -> _Devices:
     """Devices named by the batch: from the catalog's copy, else in one query per kind."""
     direct_ids: set[int] = set()
@@ -171,15 +231,16 @@ async def _devices(
     direct = {i: found for i in direct_ids if (found := catalog.device_by_id(i)) is not None}
     external = {k: hit for k in wanted if (hit := catalog.device_by_key(k)) is not None}
     loaded_direct = await resolve.direct_devices(conn, direct_ids - direct.keys())
-    loaded_external = await resolve.external_devices(
-        conn, {k: v for k, v in wanted.items() if k not in external}
+    loaded = await resolve.external_devices(
+        conn, {k: v for k, v in wanted.items() if k not in external}, max_auto
     )
+    loaded_external = loaded.devices
     now = time.monotonic()
     for device, integration_id in loaded_direct.values():
         catalog.remember_device(device, integration_id, now)
     for (integration_id, _), device in loaded_external.items():
         catalog.remember_device(device, integration_id, now)
-    return _Devices(direct | loaded_direct, external | loaded_external)
+    return _Devices(direct | loaded_direct, external | loaded_external, loaded.refused)
 
 
 def _verdict(
@@ -196,7 +257,12 @@ def _verdict(
         if found is None or found[1] != event.integration_id:
             return _reject(event, 404, "device_not_found", "no such device in this integration")
         return Accepted(event, event_type, ref, found[0])
-    device = devices.external.get((event.integration_id, str(ref.external_id)))
+    key = (event.integration_id, str(ref.external_id))
+    device = devices.external.get(key)
+    if device is None and key in devices.refused:
+        return _reject(
+            event, 403, "device_limit_reached", "the integration has its most auto-created devices"
+        )
     if device is None:  # its integration was deleted during the batch
         return _reject(event, 404, "unknown_integration", "no such integration")
     return Accepted(event, event_type, ref, device)
@@ -208,14 +274,36 @@ def _reject(event: RawEvent, status: int, code: str, message: str) -> Rejection:
     )
 
 
-def _output(verdict: Verdict, topics: Topics) -> OutRecord:
-    if isinstance(verdict, Rejection):
-        return OutRecord(
-            topics.rejected,
-            verdict.event_id.encode(),
-            encode.rejected_value(verdict),
-            [("event-id", verdict.event_id.encode())],
-        )
+def output(verdict: Verdict, topics: Topics) -> tuple[OutRecord, Verdict]:
+    """The one output record of a verdict, within its topic's size limit: an accepted event
+    that cannot be encoded, or would not fit, becomes a rejection (which always fits)."""
+    if isinstance(verdict, Accepted):
+        event = verdict.event
+        try:
+            record = _accepted_record(verdict, topics)
+        except BaseException as exc:
+            if not is_recoverable(exc):
+                raise
+            verdict = unprocessable(
+                event.source, event.value, event.event_id, event.integration_id, "encode", exc
+            )
+        else:
+            if record_size(record.key, record.value, record.headers) <= topics.accepted_max_bytes:
+                return record, verdict
+            verdict = _reject(
+                event, 413, "record_too_large", "the accepted record exceeds the topic's limit"
+            )
+    return _rejected_record(verdict, topics), verdict
+
+
+def _rejected_record(rejection: Rejection, topics: Topics) -> OutRecord:
+    key = headers_value = rejection.event_id.encode()
+    headers = [("event-id", headers_value)]
+    room = topics.rejected_max_bytes - record_size(key, b"", headers)
+    return OutRecord(topics.rejected, key, encode.rejected_value(rejection, room), headers)
+
+
+def _accepted_record(verdict: Accepted, topics: Topics) -> OutRecord:
     event = verdict.event
     headers = [("event-id", event.event_id.encode())]
     if event.traceparent:

@@ -85,16 +85,27 @@ async def direct_devices(conn: Conn, device_ids: set[int]) -> dict[int, tuple[De
         return {row[0]: (Device(row[0], row[2], row[3]), row[1]) for row in await cur.fetchall()}
 
 
+class Found(NamedTuple):
+    """Devices found or created per (integration id, external id), and the keys refused a
+    new device because their integration reached INGEST_MAX_AUTO_DEVICES."""
+
+    devices: dict[tuple[int, str], Device]
+    refused: set[tuple[int, str]]
+
+
 async def external_devices(
-    conn: Conn, wanted: dict[tuple[int, str], str]
-) -> dict[tuple[int, str], Device]:
+    conn: Conn, wanted: dict[tuple[int, str], str], max_auto: int = 0
+) -> Found:
     """Find or create a device per (integration id, external id); `wanted` maps each to the
-    event that creates it if missing. Integrations deleted meanwhile get no device."""
+    event that creates it if missing. Integrations deleted meanwhile get no device. With
+    `max_auto`, an integration gets new devices only up to that many auto-created ones."""
     if not wanted:
-        return {}
-    keys = sorted(wanted)
-    integration_ids = [k[0] for k in keys]
-    external_ids = [k[1] for k in keys]
+        return Found({}, set())
+    allowed, refused = dict(wanted), set[tuple[int, str]]()
+    if max_auto > 0:
+        refused = await _over_cap(conn, wanted, max_auto)
+        allowed = {k: v for k, v in wanted.items() if k not in refused}
+    keys = sorted(allowed)
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             """
@@ -107,12 +118,17 @@ async def external_devices(
             ON CONFLICT (integration_id, external_id) DO NOTHING
             """,
             (
-                integration_ids,
-                external_ids,
-                [auto_name(e) for e in external_ids],
-                [wanted[k] for k in keys],
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [auto_name(k[1]) for k in keys],
+                [allowed[k] for k in keys],
             ),
         )
+    return Found(await _read_external(conn, sorted(wanted)), refused)
+
+
+async def _read_external(conn: Conn, keys: list[tuple[int, str]]) -> dict[tuple[int, str], Device]:
+    async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             """
             SELECT d.integration_id, d.external_id, d.id, d.created_by_event::text
@@ -120,9 +136,45 @@ async def external_devices(
             JOIN unnest(%s::int[], %s::text[]) AS w (integration_id, external_id)
               ON d.integration_id = w.integration_id AND d.external_id = w.external_id
             """,
-            (integration_ids, external_ids),
+            ([k[0] for k in keys], [k[1] for k in keys]),
         )
         return {(row[0], row[1]): Device(row[2], row[1], row[3]) for row in await cur.fetchall()}
+
+
+# Advisory lock class of "auto-created devices of integration N" (the second key is N).
+_DEVICE_CAP_LOCK = 0x1D5C
+
+
+async def _over_cap(
+    conn: Conn, wanted: dict[tuple[int, str], str], max_auto: int
+) -> set[tuple[int, str]]:
+    """The missing keys that would take an integration past `max_auto` auto-created devices.
+    Each such integration is locked (in id order, so replicas never deadlock) until the batch
+    commits, so racing replicas count each other's devices."""
+    existing = await _read_external(conn, sorted(wanted))
+    missing = sorted(k for k in wanted if k not in existing)
+    integrations = sorted({k[0] for k in missing})
+    if not integrations:
+        return set()
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            "SELECT pg_advisory_xact_lock(%s, s.i) FROM "
+            "(SELECT i FROM unnest(%s::int[]) AS i ORDER BY i) AS s",
+            (_DEVICE_CAP_LOCK, integrations),
+        )
+        await cur.execute(
+            "SELECT integration_id, count(*) FROM devices "
+            "WHERE auto_created AND integration_id = ANY(%s) GROUP BY integration_id",
+            (integrations,),
+        )
+        room = {i: max_auto for i in integrations}
+        room.update({row[0]: max_auto - row[1] for row in await cur.fetchall()})
+    refused = set()
+    for key in missing:  # sorted: the same keys win on every replay
+        room[key[0]] -= 1
+        if room[key[0]] < 0:
+            refused.add(key)
+    return refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,43 +186,65 @@ class Claim:
     offset: int
 
 
-async def claim_keys(
-    conn: Conn, wanted: list[tuple[int, str, RawEvent]]
-) -> dict[tuple[int, str], Claim]:
-    """Claim (integration id, key) for each event (earliest record first); return the claim
-    now on record for each key, ours or an earlier one."""
+ClaimKey = tuple[int, str, int]  # integration id, key, import item index (-1: none)
+
+
+def claim_key(event: RawEvent) -> ClaimKey:
+    index = -1 if event.idempotency_index is None else event.idempotency_index
+    return (event.integration_id, str(event.idempotency_key), index)
+
+
+async def claim_keys(conn: Conn, wanted: list[RawEvent], ttl_s: float) -> dict[ClaimKey, Claim]:
+    """Claim each event's key for the batch's earliest record bearing it; a claim older than
+    `ttl_s` has expired and is taken over. Return the claim now on record for each key, ours
+    or an earlier one."""
     if not wanted:
         return {}
-    rows = sorted(wanted, key=lambda w: (w[0], w[1], w[2].source.partition, w[2].source.offset))
-    columns = list(
-        zip(
-            *[
-                (i, k, e.event_id, e.source.topic, e.source.partition, e.source.offset)
-                for i, k, e in rows
-            ],
-            strict=True,
-        )
-    )
+    first: dict[ClaimKey, RawEvent] = {}
+    for event in sorted(wanted, key=lambda e: (e.source.partition, e.source.offset)):
+        first.setdefault(claim_key(event), event)
+    keys = sorted(first)
+    rows = [(*k, first[k].event_id, *first[k].source) for k in keys]
+    columns = [list(c) for c in zip(*rows, strict=True)]
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             """
             INSERT INTO idempotency_claims
-                (integration_id, key, event_id, raw_topic, raw_partition, raw_offset)
-            SELECT c.* FROM unnest(%s::int[], %s::text[], %s::uuid[], %s::text[], %s::int[],
-                                   %s::bigint[]) AS c (integration_id, key, event_id, t, p, o)
-            JOIN integrations i ON i.id = c.integration_id
-            ORDER BY 1, 2, 5, 6
-            ON CONFLICT (integration_id, key) DO NOTHING
+                (integration_id, key, item_index, event_id, raw_topic, raw_partition, raw_offset)
+            SELECT c.* FROM unnest(%s::int[], %s::text[], %s::int[], %s::uuid[], %s::text[],
+                                   %s::int[], %s::bigint[]) AS c (i, k, x, e, t, p, o)
+            JOIN integrations ON integrations.id = c.i
+            ORDER BY 1, 2, 3
+            ON CONFLICT (integration_id, key, item_index) DO UPDATE SET
+                event_id = excluded.event_id, raw_topic = excluded.raw_topic,
+                raw_partition = excluded.raw_partition, raw_offset = excluded.raw_offset,
+                claimed = now()
+            WHERE idempotency_claims.claimed < now() - make_interval(secs => %s)
             """,
-            [list(c) for c in columns],
+            [*columns, ttl_s],
         )
         await cur.execute(
             """
-            SELECT c.integration_id, c.key, c.raw_topic, c.raw_partition, c.raw_offset
+            SELECT c.integration_id, c.key, c.item_index, c.raw_topic, c.raw_partition,
+                   c.raw_offset
             FROM idempotency_claims c
-            JOIN unnest(%s::int[], %s::text[]) AS w (integration_id, key)
-              ON c.integration_id = w.integration_id AND c.key = w.key
+            JOIN unnest(%s::int[], %s::text[], %s::int[]) AS w (i, k, x)
+              ON c.integration_id = w.i AND c.key = w.k AND c.item_index = w.x
             """,
-            (list(columns[0]), list(columns[1])),
+            columns[:3],
         )
-        return {(r[0], r[1]): Claim(r[2], r[3], r[4]) for r in await cur.fetchall()}
+        return {(r[0], r[1], r[2]): Claim(r[3], r[4], r[5]) for r in await cur.fetchall()}
+
+
+async def purge_claims(conn: Conn, ttl_s: float, limit: int = 10_000) -> int:
+    """Delete up to `limit` expired claims; return how many went."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            """
+            DELETE FROM idempotency_claims WHERE ctid IN (
+                SELECT ctid FROM idempotency_claims
+                WHERE claimed < now() - make_interval(secs => %s) LIMIT %s)
+            """,
+            (ttl_s, limit),
+        )
+        return cur.rowcount

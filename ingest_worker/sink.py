@@ -23,6 +23,8 @@ from ingest_worker.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH_BYTES = 1024 * 1024
+
 
 class PartitionLost(Exception):  # noqa: N818 - a state, like the broker's own error name
     """Another worker owns this partition now (we were fenced); drop our batch for it."""
@@ -35,9 +37,20 @@ def transactional_id(prefix: str, group_id: str, tp: TopicPartition) -> str:
 class PartitionSinks:
     """The producers of the partitions this worker owns."""
 
-    def __init__(self, bootstrap: str, group_id: str, prefix: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        prefix: str,
+        timeout_s: float,
+        record_limits: tuple[int, ...] = (MAX_BATCH_BYTES,),
+    ) -> None:
         self._bootstrap, self._group_id, self._prefix = bootstrap, group_id, prefix
         self._timeout_s = timeout_s
+        # Records are checked against their topic's limit before they get here; a batch of
+        # several must stay under the smallest limit, one record under the largest.
+        self._max_request_bytes = max(record_limits)
+        self._max_batch_bytes = min(MAX_BATCH_BYTES, *record_limits)
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
         # Two producers with one transactional id would fence each other: open one at a time.
         self._opening = asyncio.Lock()
@@ -61,7 +74,8 @@ class PartitionSinks:
             enable_idempotence=True,
             acks="all",
             linger_ms=0,
-            max_batch_size=1024 * 1024,
+            max_batch_size=self._max_batch_bytes,
+            max_request_size=self._max_request_bytes,
             request_timeout_ms=int(self._timeout_s * 1000),
             client_id=f"ingest-worker-{tp.partition}",
         )

@@ -9,7 +9,7 @@ import jsonschema_rs
 
 from ingest_worker import template
 from ingest_worker.event_types import compile_attributes
-from ingest_worker.shape import FieldError, field_error
+from ingest_worker.shape import Errors, errors_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +39,7 @@ def compile_type(row: dict[str, Any]) -> EventType:
     )
 
 
-def check_attributes(event_type: EventType, attributes: Any) -> list[FieldError]:
-    """Every way the attributes break the type's schema, as `attributes.<path>` fields."""
-    if event_type.validator.is_valid(attributes):
-        return []
-    return [field_error(e, "attributes") for e in event_type.validator.iter_errors(attributes)]
+def check_attributes(event_type: EventType, attributes: Any) -> Errors:
+    """How the attributes break the type's schema, as `attributes.<path>` fields (the first
+    MAX_DETAILS), and how many ways in all."""
+    return errors_of(event_type.validator, attributes, "attributes")

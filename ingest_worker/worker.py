@@ -27,14 +27,16 @@ from ingest_worker import pipeline
 from ingest_worker.catalog import Catalog, follow_changes
 from ingest_worker.config import Settings
 from ingest_worker.decode import Source
-from ingest_worker.errors import DependencyUnavailable
+from ingest_worker.errors import ConfigError, DependencyUnavailable
+from ingest_worker.limits import max_message_bytes
 from ingest_worker.metrics import CONTENT_TYPE, WorkerMetrics
-from ingest_worker.pipeline import InRecord, Topics
+from ingest_worker.pipeline import InRecord, Policy, Topics
 from ingest_worker.sink import PartitionLost, PartitionSinks
 
 log = logging.getLogger(__name__)
 
 Batch = dict[TopicPartition, list[Any]]
+MIN_OUTPUT_RECORD_BYTES = 4096
 
 
 def backoff_s(attempt: int, cap_s: float, jitter: float) -> float:
@@ -70,11 +72,13 @@ class Worker:
         pool: AsyncConnectionPool[Any],
         catalog: Catalog,
         metrics: WorkerMetrics,
+        topics: Topics | None = None,
     ) -> None:
         self.settings, self.consumer, self.sinks = settings, consumer, sinks
         self.pool, self.catalog, self.metrics = pool, catalog, metrics
         self.lock = asyncio.Lock()
-        self.topics = Topics(settings.accepted_topic, settings.rejected_topic)
+        self.topics = topics or Topics(settings.accepted_topic, settings.rejected_topic)
+        self.policy = Policy(settings.idempotency_ttl_s, settings.max_auto_devices)
         self._failures = self._takeover_failures = 0
         # Per owned partition, the first offset not yet committed: anything fetched below it
         # (a replay after a rewind) is dropped, never processed twice.
@@ -166,7 +170,7 @@ class Worker:
     async def process(self, records: list[InRecord]) -> pipeline.Outcome:
         """One output record per input record, in order (the benchmark's baseline overrides
         this to measure everything else)."""
-        return await pipeline.process(records, self.pool, self.catalog, self.topics)
+        return await pipeline.process(records, self.pool, self.catalog, self.topics, self.policy)
 
     async def _commit(self, batch: Batch, outputs: list[Any]) -> Batch:
         """Commit each partition's share; return the partitions that must be retried."""
@@ -262,8 +266,13 @@ async def running(
         catalog = Catalog(max_age_s=settings.catalog_max_age_s)
         follower = asyncio.create_task(follow_changes(catalog, database_url))
         stack.push_async_callback(_cancel, follower)
+        topics = await output_topics(settings, bootstrap)
         sinks = sinks_class(
-            bootstrap, settings.group_id, settings.transactional_id_prefix, settings.kafka_timeout_s
+            bootstrap,
+            settings.group_id,
+            settings.transactional_id_prefix,
+            settings.kafka_timeout_s,
+            (topics.accepted_max_bytes, topics.rejected_max_bytes),
         )
         stack.push_async_callback(sinks.close_all)
         consumer = AIOKafkaConsumer(
@@ -275,11 +284,26 @@ async def running(
             max_partition_fetch_bytes=4 * 1024 * 1024,
             client_id="ingest-worker",
         )
-        worker = worker_class(settings, consumer, sinks, pool, catalog, metrics)
+        worker = worker_class(settings, consumer, sinks, pool, catalog, metrics, topics)
         consumer.subscribe([settings.raw_topic], listener=Rebalance(worker))
         await consumer.start()
         stack.push_async_callback(_stop_consumer, consumer, settings.kafka_timeout_s)
         yield worker
+
+
+async def output_topics(settings: Settings, bootstrap: str) -> Topics:
+    """The output topics with their record size limits, read from the broker; a limit too
+    small for the smallest rejection stops the start."""
+    names = [settings.accepted_topic, settings.rejected_topic]
+    limits = await max_message_bytes(bootstrap, names, settings.kafka_timeout_s)
+    for name, limit in limits.items():
+        if limit < MIN_OUTPUT_RECORD_BYTES:
+            raise ConfigError(
+                f"topic {name} takes records of at most {limit} bytes; the worker needs "
+                f"{MIN_OUTPUT_RECORD_BYTES} (max.message.bytes)"
+            )
+    accepted, rejected = names
+    return Topics(accepted, rejected, limits[accepted], limits[rejected])
 
 
 async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:

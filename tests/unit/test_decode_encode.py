@@ -130,11 +130,13 @@ def test_rejected_records_keep_the_raw_value() -> None:
     assert (first["raw"], first["raw_encoding"]) == ('{"a"', "utf-8")
     assert (second["raw"], second["raw_encoding"]) == ("/wA=", "base64")
     assert first["source"] == {"topic": "raw", "partition": 2, "offset": 41}
+    assert first["truncated"] is False
     assert first["error"] == {
         "status": 400,
         "code": "invalid_json",
         "message": "bad",
         "details": [],
+        "details_total": 0,
     }
 
 
