@@ -21,7 +21,9 @@ class CopyWorker(Worker):
     async def process(self, records: list[InRecord]) -> Outcome:
         return Outcome(
             records=[
-                OutRecord(self.topics.accepted, b"", r.value or b"", list(r.headers))
+                OutRecord(
+                    self.topics.accepted, b"", r.value or b"", [(k, v or b"") for k, v in r.headers]
+                )
                 for r in records
             ]
         )

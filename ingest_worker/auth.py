@@ -18,6 +18,7 @@ from psycopg.rows import tuple_row
 
 from ingest_worker import tokens
 from ingest_worker.problems import Problem, not_found
+from ingest_worker.supervise import Beat
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +86,28 @@ async def load(conn: psycopg.AsyncConnection[Any]) -> tuple[dict[bytes, Principa
     return found, integrations
 
 
-async def keep_fresh(cache: AuthCache, database_url: str, refresh_s: float) -> None:
-    """Reload on every change notification and every refresh_s; reconnect on failure."""
+async def keep_fresh(
+    cache: AuthCache, database_url: str, refresh_s: float, on_loaded: Beat | None = None
+) -> None:
+    """Reload on every change notification and every refresh_s; reconnect on failure.
+    `on_loaded` is called after each successful load."""
     while True:
         try:
-            await _listen_and_reload(cache, database_url, refresh_s)
+            await _listen_and_reload(cache, database_url, refresh_s, on_loaded)
         except psycopg.OperationalError as exc:
             log.warning("auth cache: database unavailable, retrying", extra={"error": str(exc)})
             await asyncio.sleep(min(refresh_s, 2.0))
 
 
-async def _listen_and_reload(cache: AuthCache, database_url: str, refresh_s: float) -> None:
+async def _listen_and_reload(
+    cache: AuthCache, database_url: str, refresh_s: float, on_loaded: Beat | None
+) -> None:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(f"LISTEN {CHANNEL}")
         while True:
             cache.replace(*await load(conn))
+            if on_loaded is not None:
+                on_loaded()
             await _next_change(conn, refresh_s)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 import psycopg
@@ -14,11 +14,13 @@ from psycopg.rows import dict_row
 
 from ingest_worker.auth import CHANNEL
 from ingest_worker.resolve import Device
+from ingest_worker.supervise import Beat
 from ingest_worker.validate import EventType, compile_type
 
 log = logging.getLogger(__name__)
 
 TypeKey = tuple[int, int]
+_TABLES = frozenset({"event_types", "integrations", "devices"})
 
 
 @dataclass
@@ -33,20 +35,39 @@ class Catalog:
     devices: dict[int, tuple[Device, int, float]] = field(default_factory=dict)
     device_keys: dict[tuple[int, str], int] = field(default_factory=dict)
     swept_at: float = 0.0
+    broken: set[tuple[Any, Any, Any]] = field(default_factory=set)
 
     def on_change(self, payload: str) -> None:
-        """Apply one `ingest_changes` notification: drop what it names."""
+        """Apply one `ingest_changes` notification: drop what it names. A payload of any
+        other shape clears everything (whatever changed, nothing stale is kept)."""
         try:
             note = orjson.loads(payload)
         except orjson.JSONDecodeError:
+            note = None
+        if not (isinstance(note, dict) and self._apply(note)):
             self.clear()
-            return
-        if note.get("table") == "event_types":
-            self.types.pop((note.get("integration_id"), note.get("id")), None)
-        elif note.get("table") == "integrations" and note.get("op") == "DELETE":
-            self.integrations.pop(note.get("id"), None)
-        elif note.get("table") == "devices":
-            self.forget_device(note.get("id"))
+
+    def _apply(self, note: dict[str, Any]) -> bool:
+        """Drop what a well-formed note names; False if the note is not well formed. Notes
+        about tables the catalog does not hold (api_tokens) change nothing."""
+        table, key = note.get("table"), note.get("id")
+        if not isinstance(table, str):
+            return False
+        if table not in _TABLES:
+            return True
+        if not _is_id(key):
+            return False
+        if table == "event_types":
+            integration_id = note.get("integration_id")
+            if not _is_id(integration_id):
+                return False
+            self.types.pop((integration_id, key), None)
+        elif table == "integrations":
+            if note.get("op") == "DELETE":
+                self.integrations.pop(key, None)
+        else:
+            self.forget_device(key)
+        return True
 
     def clear(self) -> None:
         self.integrations.clear()
@@ -70,8 +91,8 @@ class Catalog:
         if device.external_id is not None:
             self.device_keys[(integration_id, device.external_id)] = device.id
 
-    def forget_device(self, device_id: object) -> None:
-        found = self.devices.pop(device_id, None)  # type: ignore[call-overload]
+    def forget_device(self, device_id: int) -> None:
+        found = self.devices.pop(device_id, None)
         if found is not None and found[0].external_id is not None:
             self.device_keys.pop((found[1], found[0].external_id), None)
 
@@ -82,6 +103,26 @@ class Catalog:
     def device_by_id(self, device_id: int) -> tuple[Device, int] | None:
         found = self.devices.get(device_id)
         return None if found is None else (found[0], found[1])
+
+    def _compiled(self, row: dict[str, Any]) -> EventType | None:
+        """A stored event type, compiled; None if it does not compile, whatever the reason (a
+        row written by hand, a schema saved under older rules), logged once per version."""
+        try:
+            return compile_type(row)
+        except Exception as exc:
+            key = (row.get("integration_id"), row.get("id"), row.get("version"))
+            if key not in self.broken:
+                self.broken.add(key)
+                log.error(
+                    "event type does not compile; its events are rejected",
+                    extra={
+                        "integration_id": key[0],
+                        "id": key[1],
+                        "version": key[2],
+                        "error": repr(exc),
+                    },
+                )
+            return None
 
     async def fill(
         self,
@@ -108,28 +149,31 @@ class Catalog:
                     ([k[0] for k in missing_keys], [k[1] for k in missing_keys]),
                 )
                 for row in await cur.fetchall():
-                    try:
-                        compiled = compile_type(row)
-                    except (ValueError, TypeError, OverflowError) as exc:  # saved via SQL by hand?
-                        log.error(
-                            "event type does not compile",
-                            extra={"id": row["id"], "error": str(exc)},
-                        )
-                        continue
-                    self.types[(compiled.integration_id, compiled.id)] = (compiled, now)
+                    compiled = self._compiled(row)
+                    if compiled is not None:
+                        self.types[(compiled.integration_id, compiled.id)] = (compiled, now)
         known = {i for i in integration_ids if i in self.integrations}
         types = {k: self.types[k][0] for k in keys if k in self.types}
         return known, types
 
 
-async def follow_changes(catalog: Catalog, database_url: str, retry_s: float = 2.0) -> None:
+def _is_id(value: object) -> TypeGuard[int]:
+    return type(value) is int
+
+
+async def follow_changes(
+    catalog: Catalog, database_url: str, retry_s: float = 2.0, on_listening: Beat | None = None
+) -> None:
     """Apply change notifications as they come; on a lost connection, forget everything (a
-    notification may have been missed) and listen again."""
+    notification may have been missed) and listen again. `on_listening` is called each time
+    the LISTEN is in place."""
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
                 catalog.clear()
+                if on_listening is not None:
+                    on_listening()
                 async for note in conn.notifies():
                     catalog.on_change(note.payload)
         except psycopg.OperationalError as exc:

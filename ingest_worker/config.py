@@ -92,7 +92,9 @@ class Settings:
         "INGEST_WORKER_POLL_TIMEOUT_MS", 100, "Longest wait for a batch to fill (ms)."
     )
     worker_http_port: int = _setting(
-        "INGEST_WORKER_HTTP_PORT", 8081, "Worker's `/healthz` and `/metrics` port (0: off)."
+        "INGEST_WORKER_HTTP_PORT",
+        8081,
+        "Worker's `/healthz`, `/readyz` and `/metrics` port (0: off).",
     )
     transactional_id_prefix: str = _setting(
         "INGEST_TRANSACTIONAL_ID_PREFIX",

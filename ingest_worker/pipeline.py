@@ -33,7 +33,7 @@ class InRecord(NamedTuple):
 
     source: Source
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes | None]]
     timestamp_ms: int
 
 
@@ -84,7 +84,7 @@ async def process(
     """Every record of the batch ends as exactly one output record, in input order."""
     decoded = [decode_record(r) for r in records]
     events = [d for d in decoded if isinstance(d, RawEvent)]
-    verdicts = await _with_retries(pool, catalog, events, policy) if events else {}
+    verdicts = await _resolve_isolating(pool, catalog, events, policy) if events else {}
     outcome = Outcome()
     for item in decoded:
         record, verdict = output(
@@ -122,6 +122,28 @@ def unprocessable(
     )
     message = f"the record could not be processed ({stage}: {type(exc).__name__})"
     return Rejection(source, value, event_id, integration_id, 422, "unprocessable", message)
+
+
+async def _resolve_isolating(
+    pool: AsyncConnectionPool[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
+) -> dict[Source, Verdict]:
+    """The batch transaction; if PostgreSQL refuses the batch's data (a constraint, a value it
+    cannot store), the batch is split in halves, each its own transaction, until the record
+    it refuses is alone: that one is rejected, the others go on. Side effects are idempotent,
+    so the halves commit apart safely."""
+    try:
+        return await _with_retries(pool, catalog, events, policy)
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+        if len(events) == 1:
+            e = events[0]
+            return {
+                e.source: unprocessable(
+                    e.source, e.value, e.event_id, e.integration_id, "resolve", exc
+                )
+            }
+        half = len(events) // 2
+        first = await _resolve_isolating(pool, catalog, events[:half], policy)
+        return first | await _resolve_isolating(pool, catalog, events[half:], policy)
 
 
 async def _with_retries(

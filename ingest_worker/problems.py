@@ -60,3 +60,13 @@ def invalid(details: list[FieldError], detail: str = "the request is invalid") -
 def not_found(what: str = "integration") -> Problem:
     """404: unknown, or not this token's (the same answer, so ids cannot be probed)."""
     return Problem(404, "not_found", f"{what} not found")
+
+
+def record_too_large(size: int, limit: int) -> Problem:
+    """413: as a raw-topic record the event is over the topic's `max.message.bytes`, so no
+    retry could ever publish it."""
+    return Problem(413, "body_too_large", record_too_large_message("the event", size, limit))
+
+
+def record_too_large_message(what: str, size: int, limit: int) -> str:
+    return f"{what} is {size} bytes as a Kafka record; the raw topic takes at most {limit} bytes"

@@ -12,10 +12,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
+from ingest_worker import limits
 from ingest_worker.errors import DependencyUnavailable
 from ingest_worker.raw import RawRecord
 
 log = logging.getLogger(__name__)
+
+# The producer's buffer per partition, when the topic's record limit is larger.
+MAX_BATCH_BYTES = 512 * 1024
 
 
 @lru_cache(maxsize=65536)
@@ -34,8 +38,21 @@ def partitioner(key: bytes | None, all_partitions: list[int], available: list[in
 class Publisher:
     """Publishes raw records; returns only once the broker acknowledged every one."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        timeout_s: float,
+        max_record_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self._producer, self._topic, self._timeout_s = producer, topic, timeout_s
+        self.max_record_bytes = max_record_bytes
+
+    def oversize(self, record: RawRecord) -> int | None:
+        """The record's size when the topic cannot take it (it would fail on every retry),
+        else None."""
+        size = limits.record_size(record.key, record.value, record.headers)
+        return size if size > self.max_record_bytes else None
 
     async def publish(self, records: Sequence[RawRecord]) -> None:
         """Send all records (batched together); raise DependencyUnavailable on any failure or
@@ -70,13 +87,17 @@ class Publisher:
 async def publisher(
     bootstrap: str, topic: str, *, timeout_s: float, linger_ms: int
 ) -> AsyncIterator[Publisher]:
-    """A started producer for the life of the API process."""
+    """A started producer for the life of the API process, sized to the topic's record limit
+    (`max.message.bytes`, read once here)."""
+    found = await limits.max_message_bytes(bootstrap, [topic], max(timeout_s, 5.0))
+    max_record_bytes = found[topic]
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
         enable_idempotence=True,
         linger_ms=linger_ms,
-        max_batch_size=512 * 1024,
+        max_batch_size=min(MAX_BATCH_BYTES, max_record_bytes),
+        max_request_size=max_record_bytes,
         request_timeout_ms=max(1000, int(timeout_s * 1000)),
         retry_backoff_ms=100,
         partitioner=partitioner,
@@ -87,7 +108,8 @@ async def publisher(
     except KafkaError as exc:
         await producer.stop()
         raise DependencyUnavailable(f"cannot reach Kafka at {bootstrap}: {exc!r}") from exc
+    log.info("raw topic record limit", extra={"topic": topic, "max_bytes": max_record_bytes})
     try:
-        yield Publisher(producer, topic, timeout_s)
+        yield Publisher(producer, topic, timeout_s, max_record_bytes)
     finally:
         await producer.stop()

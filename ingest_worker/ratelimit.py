@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Bucket:
-    """`capacity` tokens, refilled at `rate_per_s`; one request spends one token."""
+    """`capacity` tokens, refilled at `rate_per_s`; a request spends its cost (one token per
+    event)."""
 
     capacity: float
     rate_per_s: float
@@ -43,3 +44,9 @@ class RateLimiter:
             self._buckets[key] = bucket
         wait_s = bucket.take(now_s, min(cost, self.burst))
         return math.ceil(wait_s) if wait_s > 0 else 0
+
+    def check_rest(self, key: object, now_s: float, weight: float) -> int:
+        """Like `check`, for the rest of a request weighing `weight` tokens whose first one
+        `check` took: a full bucket pays for any weight, so no request is refused forever."""
+        rest = min(weight, self.burst) - 1.0
+        return self.check(key, now_s, rest) if rest > 0 else 0

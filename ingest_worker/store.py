@@ -26,6 +26,10 @@ from ingest_worker.problems import Problem, invalid, not_found
 from ingest_worker.shape import FieldError
 
 Row = dict[str, Any]
+# Every listed table's id is a PostgreSQL integer (int32).
+MAX_ROW_ID = 2**31 - 1
+# Ours are about 30 characters; a longer one is not ours and is not decoded.
+MAX_CURSOR_CHARS = 256
 Conn = psycopg.AsyncConnection[DictRow]
 
 INTEGRATION_COLUMNS = "id, name, created, updated"
@@ -108,14 +112,28 @@ def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
     """(id, "next"|"prev") from an opaque cursor; a 400 problem if it is not one of ours."""
     if not cursor:
         return None
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise _bad_cursor()
     try:
         data = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        row_id, direction = int(data["id"]), str(data["d"])
-    except (binascii.Error, ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
-        raise invalid([FieldError("cursor", "not a valid cursor")]) from exc
-    if direction not in ("next", "prev"):
-        raise invalid([FieldError("cursor", "not a valid cursor")])
-    return row_id, direction
+    except (binascii.Error, ValueError, orjson.JSONDecodeError) as exc:
+        raise _bad_cursor() from exc
+    if not _is_position(data):
+        raise _bad_cursor()
+    return data["id"], data["d"]
+
+
+def _is_position(data: Any) -> bool:
+    """Whether a decoded cursor is `{"id": <row id>, "d": "next"|"prev"}`, as we write it."""
+    if not isinstance(data, dict) or set(data) != {"id", "d"}:
+        return False
+    row_id = data["id"]
+    in_range = type(row_id) is int and 0 <= row_id <= MAX_ROW_ID
+    return in_range and data["d"] in ("next", "prev")
+
+
+def _bad_cursor() -> Problem:
+    return invalid([FieldError("cursor", "not a valid cursor")])
 
 
 async def page(

@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
+import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ingest_worker import pipeline
+from ingest_worker import pipeline, resolve, supervise
 from ingest_worker.catalog import Catalog, follow_changes
 from ingest_worker.config import Settings
 from ingest_worker.decode import Source
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 Batch = dict[TopicPartition, list[Any]]
 MIN_OUTPUT_RECORD_BYTES = 4096
+PURGE_INTERVAL_S = 60.0
 
 
 def backoff_s(attempt: int, cap_s: float, jitter: float) -> float:
@@ -84,14 +86,19 @@ class Worker:
         # (a replay after a rewind) is dropped, never processed twice.
         self._next: dict[TopicPartition, int] = {}
         self._taken: set[TopicPartition] = set()  # taken over since the last fetch
+        self._purge_due = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll and handle batches until `stop` is set."""
         while not stop.is_set():
-            batch = await self.consumer.getmany(
-                timeout_ms=self.settings.worker_poll_timeout_ms,
-                max_records=self.settings.worker_batch_max_records,
-            )
+            try:
+                batch = await self.consumer.getmany(
+                    timeout_ms=self.settings.worker_poll_timeout_ms,
+                    max_records=self.settings.worker_batch_max_records,
+                )
+            except Exception as exc:  # the client could not read what it fetched
+                await self._fetch_failed(exc)
+                continue
             async with self.lock:
                 if await self.take_over():
                     self._takeover_failures = 0
@@ -99,6 +106,33 @@ class Worker:
                     self._takeover_failures += 1
                     await asyncio.sleep(self._backoff_s(self._takeover_failures))
                 await self.handle(self._fresh(batch))
+            await self._purge_claims(time.monotonic())
+
+    async def _fetch_failed(self, exc: Exception) -> None:
+        """The Kafka client failed to hand over fetched records (aiokafka cannot read a
+        record whose header key is not UTF-8): stay up, count it, and try again later."""
+        self.metrics.retries.labels("fetch").inc()
+        self._failures += 1
+        pause = self._backoff_s(self._failures)
+        log.error(
+            "fetched records unreadable", extra={"error": repr(exc)[:500], "retry_in_s": pause}
+        )
+        await asyncio.sleep(pause)
+
+    async def _purge_claims(self, now: float) -> None:
+        """Now and then, delete expired Idempotency-Key claims (any replica may; a failure
+        waits for the next turn)."""
+        if now < self._purge_due:
+            return
+        self._purge_due = now + min(PURGE_INTERVAL_S, self.settings.idempotency_ttl_s / 2)
+        try:
+            async with self.pool.connection() as conn:
+                purged = await resolve.purge_claims(conn, self.settings.idempotency_ttl_s)
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("expired claims not purged", extra={"error": str(exc)})
+            return
+        if purged:
+            log.info("expired claims purged", extra={"count": purged})
 
     def _backoff_s(self, failures: int) -> float:
         return backoff_s(failures, self.settings.backoff_max_s, random.random())  # noqa: S311
@@ -264,7 +298,10 @@ async def running(
         await pool.open(wait=True, timeout=30)
         stack.push_async_callback(pool.close)
         catalog = Catalog(max_age_s=settings.catalog_max_age_s)
-        follower = asyncio.create_task(follow_changes(catalog, database_url))
+        follower = supervise.board(metrics.registry).start(
+            "catalog_follower",
+            lambda beat: follow_changes(catalog, database_url, on_listening=beat),
+        )
         stack.push_async_callback(_cancel, follower)
         topics = await output_topics(settings, bootstrap)
         sinks = sinks_class(
@@ -350,6 +387,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 @asynccontextmanager
 async def _side_server(settings: Settings, metrics: WorkerMetrics) -> AsyncIterator[None]:
+    """/healthz, /readyz (503 naming the background task while one is down) and /metrics on
+    INGEST_WORKER_HTTP_PORT."""
+    import orjson
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -359,10 +399,21 @@ async def _side_server(settings: Settings, metrics: WorkerMetrics) -> AsyncItera
     async def healthz(_: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    async def readyz(_: Request) -> Response:
+        tasks = supervise.board(metrics.registry).states()
+        status = 200 if all(tasks.values()) else 503
+        return Response(orjson.dumps({"tasks": tasks}), status, media_type="application/json")
+
     async def metrics_route(_: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app = Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_route)])
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_route),
+        ]
+    )
     config = uvicorn.Config(
         app,
         host=settings.api_host,

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest_worker import auth
+from ingest_worker import auth, supervise
 from ingest_worker.api import devices, event_types, ingest, integrations, openapi, tokens
 from ingest_worker.api.common import Deps, deps, json_response
 from ingest_worker.config import Settings
@@ -36,11 +36,14 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Kafka and PostgreSQL both answer now."""
+    """Kafka and PostgreSQL both answer now, and every background task works."""
     d = deps(request)
     kafka_ok, db_ok = await asyncio.gather(d.publisher.ready(), d.store.ready())
-    status = 200 if kafka_ok and db_ok and d.auth.loaded else 503
-    return json_response({"kafka": kafka_ok, "postgres": db_ok}, status)
+    tasks = supervise.board(d.metrics.registry).states()
+    ready = kafka_ok and db_ok and d.auth.loaded and all(tasks.values())
+    return json_response(
+        {"kafka": kafka_ok, "postgres": db_ok, "tasks": tasks}, 200 if ready else 503
+    )
 
 
 async def metrics(request: Request) -> Response:
@@ -154,6 +157,7 @@ def build(settings: Settings, endpoints: tuple[str, str] | None = None) -> ASGIA
             Problem: _on_problem,
             DependencyUnavailable: _on_unavailable,
             HTTPException: _on_http,
+            ingest.ClientDisconnect: ingest.client_gone,
             Exception: _on_crash,
         },
     )
@@ -170,8 +174,9 @@ async def _resources(
         stack.push_async_callback(db.close)
         cache = auth.AuthCache(settings.admin_token)
         await _first_load(cache, database_url)
-        refresher = asyncio.create_task(
-            auth.keep_fresh(cache, database_url, settings.auth_refresh_s)
+        refresher = supervise.board(registry.registry).start(
+            "auth_refresh",
+            lambda beat: auth.keep_fresh(cache, database_url, settings.auth_refresh_s, beat),
         )
         stack.push_async_callback(_cancel, refresher)
         pub = await stack.enter_async_context(

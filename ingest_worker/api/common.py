@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import orjson
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,6 +28,31 @@ from ingest_worker.store import Store
 INT32_MAX = 2**31 - 1
 Handler = Callable[[Request], Awaitable[Response]]
 MANAGEMENT_SCHEMA = "management.schema.json"
+# Digits of the largest int32, and of the largest query integer we ever parse.
+INT32_DIGITS = 10
+_ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def parse_id(digits: str) -> int:
+    """ASCII digits as an id; one with more significant digits than any int32 maps above
+    INT32_MAX (a 404), without converting thousands of digits."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= INT32_DIGITS else INT32_MAX + 1
+
+
+class IdConvertor(Convertor[int]):
+    """`{name:id}` path parameters: ASCII digits of any length, as `parse_id` reads them."""
+
+    regex = "[0-9]+"
+
+    def convert(self, value: str) -> int:
+        return parse_id(value)
+
+    def to_string(self, value: int) -> str:
+        return str(int(value))
+
+
+register_url_convertor("id", IdConvertor())
 
 
 @dataclass
@@ -70,7 +97,7 @@ def json_response(document: Any, status: int = 200) -> Response:
 
 def path_id(request: Request, name: str, what: str) -> int:
     """An int32 path parameter; anything larger cannot exist, so it is a 404."""
-    value = int(request.path_params[name])
+    value: int = request.path_params[name]
     if value > INT32_MAX:
         raise not_found(what)
     return value
@@ -100,8 +127,20 @@ def admin(request: Request) -> Principal:
 
 def rate_limit(d: Deps, principal: Principal) -> None:
     """429 with Retry-After when the caller's token bucket is empty."""
-    key = principal.token_id if principal.token_id is not None else "bootstrap-admin"
-    wait_s = d.limiter.check(key, d.clock())
+    _limited(d.limiter.check(_bucket(principal), d.clock()))
+
+
+def rate_limit_rest(d: Deps, principal: Principal, weight: int) -> None:
+    """Charge the rest of a request that weighs `weight` tokens (one already spent by
+    `rate_limit`); 429 with Retry-After when the bucket cannot pay."""
+    _limited(d.limiter.check_rest(_bucket(principal), d.clock(), weight))
+
+
+def _bucket(principal: Principal) -> object:
+    return principal.token_id if principal.token_id is not None else "bootstrap-admin"
+
+
+def _limited(wait_s: int) -> None:
     if wait_s:
         raise Problem(429, "rate_limited", "too many requests", retry_after_s=wait_s)
 
@@ -122,7 +161,7 @@ async def read_limited(
     chunks: AsyncIterator[bytes], declared: str | None, limit_bytes: int
 ) -> bytes:
     """Join body chunks, failing with 413 early when the declared or read size is too big."""
-    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+    if declared is not None and _declared_over(declared, limit_bytes):
         raise _too_large(limit_bytes)
     parts, size = [], 0
     async for chunk in chunks:
@@ -131,6 +170,13 @@ async def read_limited(
             raise _too_large(limit_bytes)
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _declared_over(declared: str, limit_bytes: int) -> bool:
+    """Whether a Content-Length of ASCII digits says more than the limit (the server has
+    refused any other form before we see it)."""
+    digits = declared.strip().lstrip("0")
+    return digits.isascii() and digits.isdigit() and (len(digits) > 18 or int(digits) > limit_bytes)
 
 
 def _too_large(limit_bytes: int) -> Problem:
@@ -203,7 +249,7 @@ async def list_response(
         if integration_id is not None:
             await store.integration_exists(conn, integration_id)
             filters = store.by_integration(integration_id, **equals)
-        cursor = request.query_params.get("cursor")
+        cursor = query_value(request, "cursor")
         found = await store.page(conn, columns, table, filters, cursor, limit)
     return json_response({key: found.items, "prev": found.prev, "next": found.next})
 
@@ -220,7 +266,24 @@ async def row_response(
 
 def limit_param(request: Request) -> int:
     """`limit` query parameter: 1..100, default 50."""
-    raw = request.query_params.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        raise invalid([FieldError("limit", "must be an integer from 1 to 100", raw)])
-    return int(raw)
+    raw = query_value(request, "limit")
+    if raw is None:
+        return 50
+    value = query_int(raw)
+    if value is None or not 1 <= value <= 100:
+        raise invalid([FieldError("limit", "must be an integer from 1 to 100", raw[:100])])
+    return value
+
+
+def query_int(raw: str) -> int | None:
+    """A query value of 1..18 ASCII digits as an int; None for anything else."""
+    return int(raw) if _ASCII_DIGITS.fullmatch(raw) else None
+
+
+def query_value(request: Request, name: str) -> str | None:
+    """A query parameter's (last) value; a 400 naming it when it holds NUL, which no id,
+    number or PostgreSQL text can."""
+    value = request.query_params.get(name)
+    if value is not None and "\x00" in value:
+        raise invalid([FieldError(name, "must not contain the NUL character (U+0000)")])
+    return value

@@ -14,6 +14,7 @@ from ingest_worker.api.common import (
     json_response,
     list_response,
     path_id,
+    query_value,
     route,
     row_response,
 )
@@ -21,7 +22,7 @@ from ingest_worker.problems import invalid
 from ingest_worker.shape import FieldError
 from ingest_worker.store import DEVICE_COLUMNS
 
-BASE = "/v1/integrations/{integration_id:int}/devices"
+BASE = "/v1/integrations/{integration_id:id}/devices"
 KEY = "integration_device"
 
 
@@ -50,7 +51,7 @@ async def create(request: Request) -> Response:
 async def list_all(request: Request) -> Response:
     """Devices of the integration, optionally the one with `external_id`."""
     admin(request)
-    external_id = request.query_params.get("external_id")
+    external_id = query_value(request, "external_id")
     if external_id is not None and not 1 <= len(external_id) <= 255:
         raise invalid([FieldError("external_id", "must be 1..255 characters")])
     return await list_response(
@@ -111,6 +112,6 @@ async def delete(request: Request) -> Response:
 
 ROUTES = [
     route(BASE, post=create, get=list_all),
-    route(BASE + "/{device_id:int}", get=read, put=update, delete=delete),
-    route(BASE + "/{device_id:int}/cameras", put=update_cameras),
+    route(BASE + "/{device_id:id}", get=read, put=update, delete=delete),
+    route(BASE + "/{device_id:id}/cameras", put=update_cameras),
 ]

@@ -26,7 +26,7 @@ from ingest_worker.event_types import check_definition
 from ingest_worker.problems import invalid
 from ingest_worker.store import EVENT_TYPE_COLUMNS
 
-BASE = "/v1/integrations/{integration_id:int}/event-types"
+BASE = "/v1/integrations/{integration_id:id}/event-types"
 KEY = "integration_event_type"
 
 
@@ -108,5 +108,5 @@ async def delete(request: Request) -> Response:
 
 ROUTES = [
     route(BASE, post=create, get=list_all),
-    route(BASE + "/{type_id:int}", get=read, put=replace, delete=delete),
+    route(BASE + "/{type_id:id}", get=read, put=replace, delete=delete),
 ]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect as ClientDisconnect
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,20 +28,32 @@ from ingest_worker.api.common import (
     decode,
     deps,
     json_response,
+    parse_id,
     path_id,
     rate_limit,
+    rate_limit_rest,
     read_body,
     read_limited,
     require_json,
 )
+from ingest_worker.auth import Principal
 from ingest_worker.errors import DependencyUnavailable
 from ingest_worker.metrics import ApiMetrics
-from ingest_worker.problems import MEDIA_TYPE, Problem, invalid, not_found
+from ingest_worker.problems import (
+    MEDIA_TYPE,
+    Problem,
+    invalid,
+    not_found,
+    record_too_large,
+    record_too_large_message,
+)
 from ingest_worker.raw import RawRecord
 from ingest_worker.shape import FieldError, check_event, check_import
 
 RETRY_AFTER_UNAVAILABLE_S = 2
-EVENTS_PATH = "/v1/integrations/{integration_id:int}/events"
+# Status counted (never sent) for a request whose client left before its body arrived.
+CLIENT_CLOSED = 499
+EVENTS_PATH = "/v1/integrations/{integration_id:id}/events"
 _EVENTS = re.compile(r"^/v1/integrations/([0-9]+)/events$")
 
 Header = Callable[[str], str | None]
@@ -48,8 +62,9 @@ Header = Callable[[str], str | None]
 async def ingest_event(
     d: Deps, integration_id: int, header: Header, body: Callable[[int], Awaitable[bytes]]
 ) -> str:
-    """One event, framework-free: checks, publishes, returns its event id (or raises Problem)."""
-    key, trace = _preflight(d, integration_id, header)
+    """One event, framework-free: checks, publishes, returns its event id (or raises Problem;
+    ClientDisconnect when the client leaves before its body arrived)."""
+    _, key, trace = _preflight(d, integration_id, header)
     payload = await body(d.settings.max_body_bytes)
     event = decode(payload)
     errors = check_event(event)
@@ -59,6 +74,9 @@ async def ingest_event(
     record = raw.build(
         integration_id, event, payload, received_at_ms=_now_ms(), idempotency_key=key, trace=trace
     )
+    size = d.publisher.oversize(record)
+    if size is not None:
+        raise record_too_large(size, d.publisher.max_record_bytes)
     await _publish(d, [record])
     return record.event_id
 
@@ -85,6 +103,8 @@ class IngestEndpoint:
                 header,
                 lambda limit: read_limited(_chunks(receive), header("content-length"), limit),
             )
+        except ClientDisconnect:
+            return CLIENT_CLOSED
         except Problem as problem:
             extra = [(k.lower().encode(), v.encode()) for k, v in problem.headers().items()]
             await _answer(send, problem.status, problem.body(), MEDIA_TYPE, extra)
@@ -124,7 +144,7 @@ class FastIngest:
 
 def _integration_id(path: str) -> int:
     match = _EVENTS.match(path)
-    value = int(match[1]) if match else INT32_MAX + 1
+    value = parse_id(match[1]) if match else INT32_MAX + 1
     if value > INT32_MAX:
         raise not_found()
     return value
@@ -134,7 +154,7 @@ async def _chunks(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return
+            raise ClientDisconnect()
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
@@ -157,45 +177,79 @@ async def _answer(
 
 
 async def import_events(request: Request) -> Response:
-    """Many events: valid ones are published together; one result per item, in order."""
+    """Many events: valid ones are published together; one result per item, in order. Each
+    item spends one token of the caller's rate limit."""
     d = deps(request)
     integration_id = path_id(request, "integration_id", "integration")
-    key, trace = _preflight(d, integration_id, request.headers.get)
+    principal, key, trace = _preflight(d, integration_id, request.headers.get)
     document = decode(await read_body(request, d.settings.max_import_bytes))
     errors = check_import(document)
     if errors:
         raise invalid(errors)
-    received_at_ms = _now_ms()
-    results: list[dict[str, Any]] = []
-    records: list[RawRecord] = []
-    for index, item in enumerate(document["integration_events"]):
-        item_errors = check_event(item, f"integration_events.{index}")
-        if item_errors:
-            results.append({"index": index, "errors": [e.as_json() for e in item_errors]})
-            continue
-        item_key = None if key is None else f"{key}:{index}"
-        record = raw.build(
-            integration_id,
-            item,
-            orjson.dumps(item),
-            received_at_ms=received_at_ms,
-            idempotency_key=item_key,
-            trace=trace,
-        )
-        records.append(record)
-        results.append({"index": index, "event_id": record.event_id})
-    d.metrics.invalid.inc(len(results) - len(records))
+    items: list[Any] = document["integration_events"]
+    rate_limit_rest(d, principal, len(items))
+    batch = _Import(d, integration_id, key, trace, _now_ms())
+    outcomes = [batch.item(index, item) for index, item in enumerate(items)]
+    records = [o for o in outcomes if isinstance(o, RawRecord)]
+    d.metrics.invalid.inc(len(outcomes) - len(records))
     await _publish(d, records)
+    results = [_result(index, outcome) for index, outcome in enumerate(outcomes)]
     return json_response({"results": results}, 202)
 
 
-def _preflight(d: Deps, integration_id: int, header: Header) -> tuple[str | None, str]:
-    """Auth, rate limit and headers, all before the body is read."""
+@dataclass(frozen=True, slots=True)
+class _Import:
+    """What every item of one import shares."""
+
+    deps: Deps
+    integration_id: int
+    key: str | None
+    trace: str
+    received_at_ms: int
+
+    def item(self, index: int, item: Any) -> RawRecord | list[FieldError]:
+        """The item's record, or why it cannot be published (its shape, or its size)."""
+        field = f"integration_events.{index}"
+        errors = check_event(item, field)
+        if errors:
+            return errors
+        record = raw.build(
+            self.integration_id,
+            item,
+            orjson.dumps(item),
+            received_at_ms=self.received_at_ms,
+            idempotency_key=self.key,
+            trace=self.trace,
+            index=index,
+        )
+        size = self.deps.publisher.oversize(record)
+        if size is None:
+            return record
+        limit = self.deps.publisher.max_record_bytes
+        return [FieldError(field, record_too_large_message("the item", size, limit))]
+
+
+def _result(index: int, outcome: RawRecord | list[FieldError]) -> dict[str, Any]:
+    if isinstance(outcome, RawRecord):
+        return {"index": index, "event_id": outcome.event_id}
+    return {"index": index, "errors": [e.as_json() for e in outcome]}
+
+
+async def client_gone(_: Request, exc: Exception) -> Response:
+    """The client left before its body arrived: nothing was published and nothing is sent
+    (the status only counts it)."""
+    assert isinstance(exc, ClientDisconnect)
+    return Response(status_code=CLIENT_CLOSED)
+
+
+def _preflight(d: Deps, integration_id: int, header: Header) -> tuple[Principal, str | None, str]:
+    """Auth, rate limit (one token) and headers, all before the body is read."""
     principal = d.auth.authenticate(header("authorization"))
     d.auth.authorize(principal, integration_id)
     rate_limit(d, principal)
     require_json(header("content-type"))
-    return _idempotency_key(header("idempotency-key")), raw.traceparent(header("traceparent"))
+    key = _idempotency_key(header("idempotency-key"))
+    return principal, key, raw.traceparent(header("traceparent"))
 
 
 def _idempotency_key(key: str | None) -> str | None:
@@ -230,5 +284,5 @@ INGEST = IngestEndpoint()
 EVENTS_ROUTE = Route(EVENTS_PATH, INGEST, methods=["POST"])
 ROUTES = [
     EVENTS_ROUTE,
-    Route("/v1/integrations/{integration_id:int}/events/import", import_events, methods=["POST"]),
+    Route("/v1/integrations/{integration_id:id}/events/import", import_events, methods=["POST"]),
 ]

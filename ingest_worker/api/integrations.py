@@ -79,5 +79,5 @@ async def delete(request: Request) -> Response:
 
 ROUTES = [
     route("/v1/integrations", post=create, get=list_all),
-    route("/v1/integrations/{integration_id:int}", get=read, put=update, delete=delete),
+    route("/v1/integrations/{integration_id:id}", get=read, put=update, delete=delete),
 ]

@@ -19,7 +19,7 @@ _PROBLEM_STATUSES = {
     "404": "Unknown integration or resource, or not this token's",
     "405": "Method not allowed on this path (see `Allow`)",
     "409": "Conflict: the external id is taken in this integration",
-    "413": "Body too large",
+    "413": "Body too large, or (ingest) larger than the raw topic's record limit",
     "415": "Body is not application/json",
     "429": "Rate limited (see `Retry-After`)",
     "503": "Kafka or PostgreSQL unavailable (see `Retry-After`)",
@@ -319,7 +319,12 @@ def _paths() -> Json:
             "name": "external_id",
             "in": "query",
             "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            "schema": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 255,
+                "pattern": "^[^\\u0000]*$",
+            },
         }
     )
     device_ok = ("200", _envelope("integration_device", "device"))

@@ -20,7 +20,7 @@ from ingest_worker.api.common import (
 )
 from ingest_worker.store import TOKEN_COLUMNS
 
-BASE = "/v1/integrations/{integration_id:int}/tokens"
+BASE = "/v1/integrations/{integration_id:id}/tokens"
 KEY = "integration_token"
 
 
@@ -70,5 +70,5 @@ async def revoke(request: Request) -> Response:
 
 ROUTES = [
     route(BASE, post=create, get=list_all),
-    route(BASE + "/{token_id:int}", delete=revoke),
+    route(BASE + "/{token_id:id}", delete=revoke),
 ]

@@ -61,17 +61,18 @@ def collect(records: list[Any], accepted_topic: str) -> dict[str, Any]:
 
 
 def fresh_settings(base: Settings, **overrides: Any) -> Settings:
-    """Settings with topics and a consumer group of their own."""
+    """Settings with topics and a consumer group of their own, and no rate limit (these
+    pipelines are loaded with thousands of events at once)."""
     suffix = uuid.uuid4().hex[:10]
-    return dataclasses.replace(
-        base,
-        raw_topic=f"t.{suffix}.raw",
-        accepted_topic=f"t.{suffix}.accepted",
-        rejected_topic=f"t.{suffix}.rejected",
-        group_id=f"g.{suffix}",
-        worker_http_port=0,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "raw_topic": f"t.{suffix}.raw",
+        "accepted_topic": f"t.{suffix}.accepted",
+        "rejected_topic": f"t.{suffix}.rejected",
+        "group_id": f"g.{suffix}",
+        "worker_http_port": 0,
+        "rate_limit_per_s": 0.0,
+    }
+    return dataclasses.replace(base, **{**values, **overrides})
 
 
 @asynccontextmanager

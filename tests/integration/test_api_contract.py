@@ -77,11 +77,11 @@ def test_openapi_document_covers_every_route(api_process: ApiProcess) -> None:
 
 
 def test_health_readiness_and_metrics(api_process: ApiProcess) -> None:
-    """/healthz and /readyz answer 200 with Kafka and PostgreSQL up; /metrics counts requests
-    by route and status and has the publish latency histogram."""
+    """/healthz and /readyz answer 200 with Kafka, PostgreSQL and the token refresh up;
+    /metrics counts requests by route and status and has the publish latency histogram."""
     assert httpx.get(f"{api_process.url}/healthz").status_code == 200
     ready = httpx.get(f"{api_process.url}/readyz")
-    assert ready.json() == {"kafka": True, "postgres": True}
+    assert ready.json() == {"kafka": True, "postgres": True, "tasks": {"auth_refresh": True}}
     path = f"{api_process.url}/v1/integrations/{api_process.integration_id}/events"
     body = {"integration_event_type_id": 1, "timestamp": "2024-01-01T00:00:00Z", "attributes": {}}
     headers = {"authorization": f"Bearer {api_process.admin_token}"}
@@ -89,7 +89,7 @@ def test_health_readiness_and_metrics(api_process: ApiProcess) -> None:
     text = httpx.get(f"{api_process.url}/metrics").text
     assert (
         'ingest_http_requests_total{method="POST",'
-        'route="/v1/integrations/{integration_id:int}/events",status="202"}' in text
+        'route="/v1/integrations/{integration_id:id}/events",status="202"}' in text
     )
     assert "ingest_publish_seconds_bucket" in text
     assert "ingest_http_requests_in_flight" in text

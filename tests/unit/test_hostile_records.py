@@ -5,6 +5,7 @@ topic, and an accepted one always decodes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -81,7 +82,7 @@ def good_body(**attributes: Any) -> dict[str, Any]:
 
 
 def through(
-    value: bytes | None, headers: list[tuple[str, bytes | None]]
+    value: bytes | None, headers: Sequence[tuple[str, bytes | None]]
 ) -> tuple[OutRecord, Verdict]:
     """One raw record along the worker's pure path; devices are 'found' with id 1."""
     decoded = decode_record(InRecord(SOURCE, value, headers, 1_700_000_000_000))
@@ -167,7 +168,8 @@ def test_timestamps_no_reader_can_hold_are_rejected(timestamp: str) -> None:
     found = decode(
         SOURCE, orjson.dumps({**good_body(), "timestamp": timestamp}), [("integration-id", b"1")], 5
     )
-    assert isinstance(found, Rejection) and found.details[0].field == "timestamp"
+    assert isinstance(found, Rejection)
+    assert found.details[0].field == "timestamp"
 
 
 def test_a_malformed_traceparent_is_dropped_not_passed_on() -> None:
@@ -192,7 +194,8 @@ def test_attributes_at_the_depth_limit_are_accepted_and_one_deeper_is_invalid_js
     assert isinstance(verdict, Accepted), verdict
     deep = json.dumps(good_body(deep=nested(300))).encode()
     record, verdict = through(deep, headers)
-    assert isinstance(verdict, Rejection) and verdict.code == "invalid_json"
+    assert isinstance(verdict, Rejection)
+    assert verdict.code == "invalid_json"
     assert_one_fitting_output(record)
 
 
@@ -204,7 +207,8 @@ def test_an_accepted_record_too_large_for_its_topic_becomes_a_cut_rejection() ->
     )
     assert len(body) < LIMIT
     record, verdict = through(body, [("integration-id", b"1")])
-    assert isinstance(verdict, Rejection) and verdict.code == "record_too_large"
+    assert isinstance(verdict, Rejection)
+    assert verdict.code == "record_too_large"
     document = assert_one_fitting_output(record)
     assert document["raw"] == body.decode() or document["truncated"] is True
 
@@ -214,9 +218,11 @@ def test_a_huge_rejection_is_cut_to_fit_with_its_details_counted() -> None:
     body cut (`truncated`, the original size given), all within the topic's limit."""
     body = orjson.dumps(good_body(list=list(range(100_000))))
     record, verdict = through(body, [("integration-id", b"1")])
-    assert isinstance(verdict, Rejection) and verdict.code == "invalid_attributes"
+    assert isinstance(verdict, Rejection)
+    assert verdict.code == "invalid_attributes"
     document = assert_one_fitting_output(record)
-    assert document["truncated"] is True and document["raw_bytes"] == len(body)
+    assert document["truncated"] is True
+    assert document["raw_bytes"] == len(body)
     assert body.decode().startswith(document["raw"])
     assert document["error"]["details_total"] == 100_000
     assert len(document["error"]["details"]) <= 100
@@ -226,7 +232,8 @@ def test_binary_raw_values_are_cut_as_base64() -> None:
     """A non-UTF-8 value too large to embed is cut, still base64 of its first bytes."""
     rejection = Rejection(SOURCE, b"\xff" * 50_000, "e", None, 400, "invalid_json", "bad")
     document = orjson.loads(rejected_value(rejection, 3000))
-    assert document["raw_encoding"] == "base64" and document["truncated"] is True
+    assert document["raw_encoding"] == "base64"
+    assert document["truncated"] is True
     assert len(rejected_value(rejection, 3000)) <= 3000
 
 
@@ -236,13 +243,15 @@ def test_a_message_json_cannot_write_still_gives_a_rejection() -> None:
         SOURCE, b"{}", "e", 1, 400, "invalid_request", "bad \ud800", [FieldError("f", "\ud800")]
     )
     document = orjson.loads(rejected_value(rejection))
-    assert document["error"]["code"] == "invalid_request" and document["raw"] == "{}"
+    assert document["error"]["code"] == "invalid_request"
+    assert document["raw"] == "{}"
 
 
 def test_an_unexpected_failure_while_decoding_is_a_rejection() -> None:
     """A header list the decoder cannot read is one `unprocessable` rejection, not a crash."""
     record, verdict = through(b"{}", [(None, b"1")])  # type: ignore[list-item]
-    assert isinstance(verdict, Rejection) and verdict.code == "unprocessable"
+    assert isinstance(verdict, Rejection)
+    assert verdict.code == "unprocessable"
     assert_one_fitting_output(record)
 
 
@@ -253,7 +262,8 @@ def test_an_unexpected_failure_while_encoding_is_a_rejection() -> None:
     event = decoded._replace(received_at_ms=2**70)
     ref = DeviceRef("template", external_id="S1")
     record, verdict = output(Accepted(event, TYPES[(1, 2)], ref, Device(1, "S1", None)), TOPICS)
-    assert isinstance(verdict, Rejection) and verdict.code == "unprocessable"
+    assert isinstance(verdict, Rejection)
+    assert verdict.code == "unprocessable"
     assert_one_fitting_output(record)
 
 
