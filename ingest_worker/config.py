@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args
 from ingest_worker.errors import ConfigError
 
 StackMode = Literal["auto", "local", "docker"]
+MAX_IDEMPOTENCY_TTL_S = 10 * 365 * 86400.0
 LogFormat = Literal["json", "console"]
 
 
@@ -145,6 +146,14 @@ class Settings:
         Path(".local"),
         "Directory of the local stack: Kafka jars, data and logs.",
     )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.idempotency_ttl_s <= MAX_IDEMPOTENCY_TTL_S:
+            raise ConfigError(
+                f"INGEST_IDEMPOTENCY_TTL_S must be above 0 and at most {MAX_IDEMPOTENCY_TTL_S:.0f}"
+            )
+        if self.max_auto_devices < 0:
+            raise ConfigError("INGEST_MAX_AUTO_DEVICES must be 0 (no limit) or more")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

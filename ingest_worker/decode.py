@@ -85,6 +85,7 @@ class Rejection:
     message: str
     details: list[FieldError] = field(default_factory=list)
     details_total: int | None = None  # when more errors were found than `details` holds
+    counted: bool = True  # False: only the first error was looked for; the total is unknown
 
 
 def decode(
@@ -95,33 +96,17 @@ def decode(
     event_id = _event_id(found.get("event-id"), source)
     payload = value or b""
     integration_id = _in_range(found.get("integration-id"), INT32)
-
-    def reject(
-        status: int, code: str, message: str, details: list[FieldError] | None = None
-    ) -> Rejection:
-        return Rejection(
-            source, payload, event_id, integration_id, status, code, message, details or []
-        )
-
-    if integration_id is None or header_errors:
+    try:
         if integration_id is None:
             header_errors.append(FieldError("headers.integration-id", "required, an int32"))
-        return reject(400, "invalid_request", "the record's headers are not valid", header_errors)
-    try:
-        body = shape.parse_json(payload)
-    except shape.BadJsonError as exc:
-        return reject(400, "invalid_json", f"the value is not valid JSON: {exc}")
-    errors = shape.check_event(body)
-    if errors:
-        return reject(400, "invalid_request", "the event is not a valid request", errors)
-    try:
-        timestamp_us = timestamp_micros(body["timestamp"])
-    except ValueError as exc:
-        return reject(400, "invalid_request", str(exc), [FieldError("timestamp", str(exc))])
-    if timestamp_us not in TIMESTAMP_US:
-        message = "must fall within the years 0001 to 9999 (UTC)"
-        return reject(400, "invalid_request", message, [FieldError("timestamp", message)])
-    received_at = _in_range(found.get("received-at"), RECEIVED_AT_MS)
+        if integration_id is None or header_errors:
+            raise _Reject(
+                400, "invalid_request", "the record's headers are not valid", header_errors
+            )
+        body = _body(payload)
+        timestamp_us, received_at_ms = _times(body, found.get("received-at"), timestamp_ms)
+    except _Reject as why:
+        return Rejection(source, payload, event_id, integration_id, *why.args)
     return RawEvent(
         source,
         payload,
@@ -129,12 +114,48 @@ def decode(
         integration_id,
         int(body["integration_event_type_id"]),
         timestamp_us,
-        timestamp_ms if received_at is None else received_at,
+        received_at_ms,
         found.get("idempotency-key"),
         _in_range(found.get("idempotency-index"), range(MAX_IMPORT_INDEX + 1)),
         found.get("traceparent"),
         body,
     )
+
+
+class _Reject(Exception):  # noqa: N818 - a verdict, raised to leave decode early
+    """(status, code, message, details) of a rejection."""
+
+
+def _body(payload: bytes) -> dict[str, Any]:
+    """The value as an event of the shared request shape."""
+    try:
+        body = shape.parse_json(payload)
+    except shape.BadJsonError as exc:
+        raise _Reject(400, "invalid_json", f"the value is not valid JSON: {exc}", []) from exc
+    errors = shape.check_event(body)
+    if errors:
+        raise _Reject(400, "invalid_request", "the event is not a valid request", errors)
+    event: dict[str, Any] = body
+    return event
+
+
+def _times(body: dict[str, Any], received_at: str | None, record_ms: int) -> tuple[int, int]:
+    """(event timestamp in µs, received-at in ms), both within what every reader holds; the
+    record's own timestamp stands in for a missing received-at."""
+    try:
+        timestamp_us = timestamp_micros(body["timestamp"])
+    except ValueError as exc:
+        raise _Reject(
+            400, "invalid_request", str(exc), [FieldError("timestamp", str(exc))]
+        ) from exc
+    if timestamp_us not in TIMESTAMP_US:
+        message = "must fall within the years 0001 to 9999 (UTC)"
+        raise _Reject(400, "invalid_request", message, [FieldError("timestamp", message)])
+    received_at_ms = _in_range(received_at, RECEIVED_AT_MS)
+    if received_at_ms is None and record_ms not in RECEIVED_AT_MS:
+        message = "no received-at header, and the record's timestamp is outside years 0001..9999"
+        raise _Reject(400, "invalid_request", message, [FieldError("headers.received-at", message)])
+    return timestamp_us, record_ms if received_at_ms is None else received_at_ms
 
 
 _RFC3339 = re.compile(
@@ -162,7 +183,7 @@ def timestamp_micros(text: str) -> int:
 
 
 def _timestamp_micros_slow(text: str) -> int:
-    match = _RFC3339.match(text)
+    match = _RFC3339.fullmatch(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
     year, month, day, hour, minute, second = (int(match[i]) for i in range(1, 7))
@@ -194,7 +215,10 @@ def read_headers(headers: Headers) -> tuple[dict[str, str], list[FieldError]]:
         if lowered not in CONTRACT_HEADERS:
             continue
         if lowered in found:
-            errors.append(FieldError(f"headers.{lowered}", "must appear once"))
+            if lowered == "traceparent":  # tracing only: two make none, and reject nothing
+                found[lowered] = ""
+            else:
+                errors.append(FieldError(f"headers.{lowered}", "must appear once"))
             continue
         try:
             found[lowered] = (value or b"").decode()
@@ -225,7 +249,7 @@ def _header_form_errors(found: dict[str, str]) -> list[FieldError]:
 def _event_id(given: str | None, source: Source) -> str:
     """The producer's event id if it is a UUID; else one derived from the record's position,
     so a replay of the same record gets the same id."""
-    if given and _CANONICAL_UUID.match(given):
+    if given and _CANONICAL_UUID.fullmatch(given):
         return given
     if given:
         try:

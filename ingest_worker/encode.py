@@ -155,7 +155,9 @@ def _rejected_document(rejection: Rejection) -> dict[str, Any]:
             "code": rejection.code,
             "message": rejection.message,
             "details": [d.as_json() for d in details],
-            "details_total": rejection.details_total or len(rejection.details),
+            "details_total": (rejection.details_total or len(rejection.details))
+            if rejection.counted
+            else None,
         },
     }
 

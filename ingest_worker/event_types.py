@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urldefrag, urljoin
+from urllib.parse import unquote, urldefrag, urljoin
 
 import jsonschema_rs
 
@@ -113,7 +113,7 @@ def _reference_error(schema: dict[str, Any], message: str) -> FieldError:
         return FieldError("schema", UNKNOWN_META_SCHEMA if unknown_meta else message)
     target = found.group(1)
     for path, keyword, value, base in _references(schema):
-        if keyword != "$schema" and urldefrag(urljoin(base, value)).url == target:
+        if keyword != "$schema" and urldefrag(_join(base, value)).url == target:
             return FieldError(_field(path), EXTERNAL_REF, value)
     return FieldError("schema", EXTERNAL_REF, target)
 
@@ -132,7 +132,7 @@ def _references(
         return
     own_id = None if names else node.get("$id", node.get("id"))
     if isinstance(own_id, str):
-        base = urljoin(base, own_id)
+        base = _join(base, own_id)
     for key, value in node.items():
         if not names and isinstance(value, str) and key in _KEYWORDS:
             yield [*path, key], key, value, base
@@ -150,3 +150,62 @@ def _check_template(text: str, schema: dict[str, Any]) -> list[FieldError]:
     except template.TemplateError as exc:
         return [FieldError("external_device_id_template", str(exc), text)]
     return []
+
+
+def _join(base: str, reference: str) -> str:
+    """`reference` resolved against `base`; a malformed address (`http://[`) stays as written
+    (the compiler then refuses it)."""
+    try:
+        return urljoin(base, reference)
+    except ValueError:
+        return reference
+
+
+def recursive(schema: Any) -> bool:
+    """Whether following references can come back to where it started (a reference that is
+    not a local JSON pointer counts as one that may). Listing every error of an instance
+    can then cost exponentially many passes."""
+    refs: list[tuple[tuple[str, ...], tuple[str, ...] | None]] = [
+        (tuple(path[:-1]), _pointer(value, base))
+        for path, keyword, value, base in _references(schema)
+        if keyword != "$schema"
+    ]
+    targets = [target for _, target in refs]
+    if any(target is None for target in targets):
+        return True
+    reaches = {
+        i: [j for j, (inside, _) in enumerate(refs) if inside[: len(t)] == t]
+        for i, t in enumerate(targets)
+        if t is not None
+    }
+    return _has_cycle(reaches)
+
+
+def _pointer(value: str, base: str) -> tuple[str, ...] | None:
+    """A `#/...` reference (with no `$id` base in effect) as path parts, else None."""
+    if base or not value.startswith("#") or value[1:2] not in ("", "/"):
+        return None
+    parts = value[2:].split("/") if value != "#" else []
+    return tuple(unquote(p).replace("~1", "/").replace("~0", "~") for p in parts)
+
+
+def _has_cycle(graph: dict[int, list[int]]) -> bool:
+    """Depth-first search for a cycle, without recursion."""
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+    for start in graph:
+        if start in state:
+            continue
+        stack = [(start, iter(graph[start]))]
+        state[start] = 1
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+            elif state.get(child) == 1:
+                return True
+            elif state.get(child) is None:
+                state[child] = 1
+                stack.append((child, iter(graph[child])))
+    return False

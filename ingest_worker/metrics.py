@@ -87,6 +87,17 @@ class WorkerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.dependencies = Gauge(
+            "ingest_worker_dependencies_up",
+            "1 while Kafka and PostgreSQL serve the worker; 0 while it backs off from them.",
+            registry=self.registry,
+        )
+        self.set_dependencies_up(True)
+
+    def set_dependencies_up(self, up: bool) -> None:
+        """Record whether the last batch (or fetch) could reach Kafka and PostgreSQL."""
+        self.dependencies_up = up
+        self.dependencies.set(1 if up else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

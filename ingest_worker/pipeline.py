@@ -153,11 +153,19 @@ async def _with_retries(
     for attempt in range(1, MAX_TX_ATTEMPTS + 1):
         try:
             async with pool.connection() as conn, conn.transaction():
-                return await _resolve_all(conn, catalog, events, policy)
+                verdicts, learned = await _resolve_all(conn, catalog, events, policy)
+            now = time.monotonic()  # committed: the devices exist, so remember them
+            for device, integration_id in learned:
+                catalog.remember_device(device, integration_id, now)
+            return verdicts
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
             log.warning("batch transaction retried", extra={"attempt": attempt, "error": str(exc)})
         except psycopg.OperationalError as exc:  # AdminShutdown included
             raise DependencyUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+            raise  # the batch's data: `_resolve_isolating` finds the record
+        except psycopg.Error as exc:  # read-only after a failover, a missing migration...
+            raise DependencyUnavailable(f"PostgreSQL cannot run the batch: {exc!r}") from exc
         except PoolTimeout as exc:
             raise DependencyUnavailable(f"no PostgreSQL connection: {exc}") from exc
     raise DependencyUnavailable("batch transaction kept deadlocking")
@@ -165,7 +173,8 @@ async def _with_retries(
 
 async def _resolve_all(
     conn: psycopg.AsyncConnection[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
-) -> dict[Source, Verdict]:
+) -> tuple[dict[Source, Verdict], list[tuple[Device, int]]]:
+    """Verdicts of the batch, and the devices it loaded (for the catalog, once committed)."""
     keys: set[TypeKey] = {(e.integration_id, e.event_type_id) for e in events}
     catalog.expire(time.monotonic())
     known, types = await catalog.fill(
@@ -185,7 +194,7 @@ async def _resolve_all(
             verdicts[e.source] = _reject(
                 e, 409, "duplicate", "this Idempotency-Key was already used in this integration"
             )
-    return verdicts
+    return verdicts, devices.learned
 
 
 def plan(
@@ -211,7 +220,7 @@ def _plan(
     event_type = types.get((event.integration_id, event.event_type_id))
     if event_type is None:
         return _reject(event, 404, "unknown_event_type", "no such event type in this integration")
-    errors, total = check_attributes(event_type, event.body["attributes"])
+    errors, total = check_attributes(event_type, event.body["attributes"], len(event.value))
     if errors:
         return Rejection(
             event.source,
@@ -223,6 +232,7 @@ def _plan(
             "the attributes do not match the event type's schema",
             errors,
             total,
+            counted=total is not None,
         )
     return resolve.device_ref(event, event_type)
 
@@ -232,6 +242,7 @@ class _Devices:
     direct: dict[int, tuple[Device, int]]
     external: dict[tuple[int, str], Device]
     refused: set[tuple[int, str]]
+    learned: list[tuple[Device, int]]  # loaded from PostgreSQL: (device, its integration)
 
 
 async def _devices(
@@ -256,13 +267,9 @@ async def _devices(
     loaded = await resolve.external_devices(
         conn, {k: v for k, v in wanted.items() if k not in external}, max_auto
     )
-    loaded_external = loaded.devices
-    now = time.monotonic()
-    for device, integration_id in loaded_direct.values():
-        catalog.remember_device(device, integration_id, now)
-    for (integration_id, _), device in loaded_external.items():
-        catalog.remember_device(device, integration_id, now)
-    return _Devices(direct | loaded_direct, external | loaded_external, loaded.refused)
+    learned = [*loaded_direct.values()]
+    learned += [(device, key[0]) for key, device in loaded.devices.items()]
+    return _Devices(direct | loaded_direct, external | loaded.devices, loaded.refused, learned)
 
 
 def _verdict(

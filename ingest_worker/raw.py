@@ -48,7 +48,7 @@ def device_hint(integration_id: int, event: dict[str, Any]) -> str | None:
 
 def traceparent(given: str | None) -> str:
     """The caller's W3C traceparent if well formed, else a fresh one."""
-    if given is not None and _TRACEPARENT.match(given):
+    if given is not None and _TRACEPARENT.fullmatch(given):
         return given
     ids = secrets.token_hex(24)
     return f"00-{ids[:32]}-{ids[32:]}-01"

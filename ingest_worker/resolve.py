@@ -149,19 +149,19 @@ async def _over_cap(
     conn: Conn, wanted: dict[tuple[int, str], str], max_auto: int
 ) -> set[tuple[int, str]]:
     """The missing keys that would take an integration past `max_auto` auto-created devices.
-    Each such integration is locked (in id order, so replicas never deadlock) until the batch
-    commits, so racing replicas count each other's devices."""
-    existing = await _read_external(conn, sorted(wanted))
-    missing = sorted(k for k in wanted if k not in existing)
-    integrations = sorted({k[0] for k in missing})
-    if not integrations:
-        return set()
+    The batch's integrations are locked (in id order, so replicas never deadlock) until it
+    commits, and only then are existing devices read and counted, so racing replicas see
+    each other's devices."""
+    integrations = sorted({k[0] for k in wanted})
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             "SELECT pg_advisory_xact_lock(%s, s.i) FROM "
             "(SELECT i FROM unnest(%s::int[]) AS i ORDER BY i) AS s",
             (_DEVICE_CAP_LOCK, integrations),
         )
+    existing = await _read_external(conn, sorted(wanted))
+    missing = sorted(k for k in wanted if k not in existing)
+    async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             "SELECT integration_id, count(*) FROM devices "
             "WHERE auto_created AND integration_id = ANY(%s) GROUP BY integration_id",

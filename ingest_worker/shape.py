@@ -94,10 +94,20 @@ def check(document: str, definition: str, instance: Any, prefix: str = "") -> li
 
 
 class Errors(NamedTuple):
-    """The first MAX_DETAILS errors of an instance, and how many there are in all."""
+    """The first MAX_DETAILS errors of an instance, and how many there are in all (None: not
+    counted)."""
 
     errors: list[FieldError]
-    total: int
+    total: int | None
+
+
+def first_error(compiled: jsonschema_rs.Validator, instance: Any, prefix: str = "") -> Errors:
+    """The first error only (cheap whatever the schema), the total not counted."""
+    try:
+        compiled.validate(instance)
+    except jsonschema_rs.ValidationError as error:
+        return Errors([field_error(error, prefix)], None)
+    return Errors([], 0)
 
 
 def errors_of(compiled: jsonschema_rs.Validator, instance: Any, prefix: str = "") -> Errors:
@@ -132,7 +142,15 @@ def field_error(error: jsonschema_rs.ValidationError, prefix: str) -> FieldError
         return FieldError(_join(prefix, path), f"must be at most {kind.limit} characters")
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.MinLength):
         return FieldError(_join(prefix, path), f"must be at least {kind.limit} characters")
-    return FieldError(_join(prefix, path), error.message, _short(error.instance))
+    return FieldError(_join(prefix, path), _cut(error.message), _short(error.instance))
+
+
+MAX_MESSAGE_CHARS = 300
+
+
+def _cut(message: str) -> str:
+    """A validator's message, which quotes the offending value, kept short."""
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
 
 
 def _join(prefix: str, path: list[str]) -> str:

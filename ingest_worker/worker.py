@@ -104,20 +104,60 @@ class Worker:
                     self._takeover_failures = 0
                 else:
                     self._takeover_failures += 1
+                    self.metrics.set_dependencies_up(False)
                     await asyncio.sleep(self._backoff_s(self._takeover_failures))
                 await self.handle(self._fresh(batch))
             await self._purge_claims(time.monotonic())
 
     async def _fetch_failed(self, exc: Exception) -> None:
         """The Kafka client failed to hand over fetched records (aiokafka cannot read a
-        record whose header key is not UTF-8): stay up, count it, and try again later."""
+        record whose header key is not UTF-8, and fails the whole fetch). It may have moved
+        other partitions past records it never handed over, so every owned partition goes
+        back to its first uncommitted offset; then the partition that fails is found and
+        paused, so the others go on. It stays paused while this worker owns it."""
         self.metrics.retries.labels("fetch").inc()
+        self.metrics.set_dependencies_up(False)
         self._failures += 1
-        pause = self._backoff_s(self._failures)
-        log.error(
-            "fetched records unreadable", extra={"error": repr(exc)[:500], "retry_in_s": pause}
-        )
-        await asyncio.sleep(pause)
+        log.error("fetched records unreadable", extra={"error": repr(exc)[:500]})
+        self._rewind_all()
+        for tp in await self._unreadable_partitions():
+            log.error(
+                "partition paused: a record in it cannot be read", extra={"partition": str(tp)}
+            )
+            self.consumer.pause(tp)
+        self._rewind_all()
+        await asyncio.sleep(self._backoff_s(self._failures))
+
+    def _rewind_all(self) -> None:
+        for tp, offset in list(self._next.items()):
+            if self.sinks.owns(tp):
+                self._seek(tp, offset)
+
+    async def _unreadable_partitions(self) -> list[TopicPartition]:
+        """Fetch each owned partition alone (the others paused) and return those that fail."""
+        owned = [tp for tp in self._next if self.sinks.owns(tp)]
+        already = self.consumer.paused()
+        failing = []
+        for tp in owned:
+            if tp in already:
+                continue
+            self._pause(owned)
+            self._resume([tp])
+            try:
+                await self.consumer.getmany(tp, timeout_ms=self.settings.worker_poll_timeout_ms * 5)
+            except Exception:  # any failure to read is this partition's
+                failing.append(tp)
+        self._resume([tp for tp in owned if tp not in already and tp not in failing])
+        return failing
+
+    def _pause(self, partitions: list[TopicPartition]) -> None:
+        """Pause those still assigned (a rebalance can land during any await)."""
+        assigned = self.consumer.assignment()
+        self.consumer.pause(*(tp for tp in partitions if tp in assigned))
+
+    def _resume(self, partitions: list[TopicPartition]) -> None:
+        assigned = self.consumer.assignment()
+        self.consumer.resume(*(tp for tp in partitions if tp in assigned))
 
     async def _purge_claims(self, now: float) -> None:
         """Now and then, delete expired Idempotency-Key claims (any replica may; a failure
@@ -199,6 +239,7 @@ class Worker:
             await self._retry_later(failed, "kafka", None)
             return
         self._failures = 0
+        self.metrics.set_dependencies_up(True)
         self._observe(batch, outcome, time.perf_counter() - started)
 
     async def process(self, records: list[InRecord]) -> pipeline.Outcome:
@@ -235,6 +276,7 @@ class Worker:
             if self.sinks.owns(tp) and self._seek(tp, rs[0].offset):
                 self._next[tp] = rs[0].offset
         self.metrics.retries.labels(reason).inc()
+        self.metrics.set_dependencies_up(False)
         self._failures += 1
         pause = self._backoff_s(self._failures)
         log.warning(
@@ -401,8 +443,10 @@ async def _side_server(settings: Settings, metrics: WorkerMetrics) -> AsyncItera
 
     async def readyz(_: Request) -> Response:
         tasks = supervise.board(metrics.registry).states()
-        status = 200 if all(tasks.values()) else 503
-        return Response(orjson.dumps({"tasks": tasks}), status, media_type="application/json")
+        up = metrics.dependencies_up
+        status = 200 if up and all(tasks.values()) else 503
+        body = orjson.dumps({"dependencies": up, "tasks": tasks})
+        return Response(body, status, media_type="application/json")
 
     async def metrics_route(_: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)

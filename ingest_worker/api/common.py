@@ -6,6 +6,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, LiteralString
 
 import orjson
@@ -22,7 +23,7 @@ from ingest_worker.metrics import ApiMetrics
 from ingest_worker.problems import Problem, invalid, not_found
 from ingest_worker.publish import Publisher
 from ingest_worker.ratelimit import RateLimiter
-from ingest_worker.shape import BadJsonError, FieldError, check, parse_json
+from ingest_worker.shape import MAX_DETAILS, BadJsonError, FieldError, check, parse_json
 from ingest_worker.store import Store
 
 INT32_MAX = 2**31 - 1
@@ -81,7 +82,8 @@ def route(path: str, **handlers: Handler) -> Route:
     `Allow` list."""
 
     async def dispatch(request: Request) -> Response:
-        return await handlers[request.method.lower()](request)
+        method = request.method.lower()
+        return await handlers["get" if method == "head" else method](request)
 
     return Route(path, dispatch, methods=[m.upper() for m in handlers], name=path)
 
@@ -195,7 +197,9 @@ async def json_body(request: Request, definition: str) -> dict[str, Any]:
     """A management request body, checked against its `$defs` entry."""
     require_json(request.headers.get("content-type"))
     document = decode(await read_body(request, deps(request).settings.max_body_bytes))
-    errors = check(MANAGEMENT_SCHEMA, definition, document) or list(nul_characters(document))
+    errors = check(MANAGEMENT_SCHEMA, definition, document) or list(
+        islice(nul_characters(document), MAX_DETAILS)
+    )
     if errors:
         raise invalid(errors)
     found: dict[str, Any] = {

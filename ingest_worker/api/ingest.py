@@ -122,7 +122,11 @@ class FastIngest:
         self._counters: dict[int, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and _EVENTS.match(scope["path"]):
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and _EVENTS.fullmatch(scope["path"])
+        ):
             scope["app"], scope["route"] = self._app, EVENTS_ROUTE  # as Starlette would set them
             self._metrics.in_flight.inc()
             status = 500
@@ -143,7 +147,7 @@ class FastIngest:
 
 
 def _integration_id(path: str) -> int:
-    match = _EVENTS.match(path)
+    match = _EVENTS.fullmatch(path)
     value = parse_id(match[1]) if match else INT32_MAX + 1
     if value > INT32_MAX:
         raise not_found()

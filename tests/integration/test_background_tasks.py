@@ -155,13 +155,13 @@ async def test_worker_readyz_names_a_down_task(settings: Settings) -> None:
         task = supervise.board(metrics.registry).start("catalog_follower", follower)
         try:
             up = await _readyz(url, lambda a: a.status_code == 200)
-            assert up.json() == {"tasks": {"catalog_follower": True}}
+            assert up.json() == {"dependencies": True, "tasks": {"catalog_follower": True}}
             crash.set()
             down = await _readyz(url, lambda a: a.status_code == 503)
-            assert down.json() == {"tasks": {"catalog_follower": False}}
+            assert down.json() == {"dependencies": True, "tasks": {"catalog_follower": False}}
             recover.set()
             back = await _readyz(url, lambda a: a.status_code == 200)
-            assert back.json() == {"tasks": {"catalog_follower": True}}
+            assert back.json() == {"dependencies": True, "tasks": {"catalog_follower": True}}
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -178,7 +178,7 @@ async def test_worker_process_is_ready_with_its_follower(
     with worker_process(own, kafka_bootstrap, api_database, tmp_path / "worker.log", port):
         url = f"http://127.0.0.1:{port}"
         ready = await _readyz(url, lambda a: a.status_code == 200)
-        assert ready.json() == {"tasks": {"catalog_follower": True}}
+        assert ready.json() == {"dependencies": True, "tasks": {"catalog_follower": True}}
         async with httpx.AsyncClient(base_url=url) as client:
             exported = (await client.get("/metrics")).text
     assert 'ingest_background_task_up{task="catalog_follower"} 1.0' in exported

@@ -159,8 +159,9 @@ async def test_postgres_outage_backs_off_and_loses_nothing(
     settings: Settings, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     """With PostgreSQL stopped mid-stream the worker puts batches back and retries, committing
-    nothing; once it is back, every event comes out exactly once. The test runs a server of
-    its own (from the wheel), whatever serves the rest of the session."""
+    nothing, and its /readyz answers 503; once it is back, every event comes out exactly once
+    and /readyz is 200 again. The test runs a server of its own (from the wheel), whatever
+    serves the rest of the session."""
     work = (settings.stack_dir / "test-runs" / RUN_ID / f"pg-outage-{free_port()}").resolve()
     port = free_port()
     own = fresh_settings(settings)
@@ -173,14 +174,22 @@ async def test_postgres_outage_backs_off_and_loses_nothing(
                 client, TEMPLATE_SCHEMA, "store-{store}"
             )
             events = [event_body(type_id, {"store": f"p{i % 20}", "n": i}) for i in range(400)]
-            with worker_process(own, kafka_bootstrap, database_url, log):
+            side = free_port()
+            with worker_process(own, kafka_bootstrap, database_url, log, port=side):
                 first = await import_events(client, integration_id, events[:200])
                 await outputs_by_id(kafka_bootstrap, own, first, timeout_s=60)
                 _kill_postgres(work)
                 second = await import_events(client, integration_id, events[200:])
                 await until_logged(log, "batch put back")
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{side}") as probe:
+                    down = await probe.get("/readyz", timeout=5)
                 with local_postgres(work, durable=False, port=port):
                     found = await outputs_by_id(kafka_bootstrap, own, first + second, timeout_s=120)
+                    await asyncio.sleep(1)  # a poll after the last batch
+                    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{side}") as probe:
+                        back = await probe.get("/readyz", timeout=5)
+    assert (down.status_code, down.json()["dependencies"]) == (503, False)
+    assert back.status_code == 200
     assert {len(found.get(i.encode(), [])) for i in first + second} == {1}
     assert {r.topic for rs in found.values() for r in rs} == {own.accepted_topic}
 

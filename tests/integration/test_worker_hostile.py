@@ -133,8 +133,8 @@ async def test_hostile_raw_records_each_get_one_output_and_the_partition_moves_o
         out = await env.outputs(ids)
     assert [codes(out[i]) for i in ids] == [[code] for code, _, _ in cases]
     many = out[ids[7]][0][1]["error"]
-    assert many["details_total"] == 100_000
-    assert len(many["details"]) == 100
+    assert many["details_total"] is None  # a large body: its first error only
+    assert many["details"][0]["field"].startswith("attributes.list.")
 
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
@@ -314,3 +314,65 @@ async def test_a_record_the_database_refuses_is_rejected_alone(
     assert [codes(out[i]) for i in ids] == [["accepted"]] * 2 + [["unprocessable"]] + [
         ["accepted"]
     ] * 2
+
+
+class _UnreadableKey(str):
+    """A header name whose bytes on the wire are not UTF-8 (no client sends one on purpose;
+    a crafted producer can)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe-integration-id"
+
+
+async def produce_unreadable_header_key(bootstrap: str, topic: str, partition: int) -> None:
+    """Write one record whose header key is not UTF-8 to `partition`, with Kafka's own produce
+    request (aiokafka's pure-Python batch builder writes the key's bytes as given)."""
+    from aiokafka.protocol.produce import ProduceRequest
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+    from aiokafka.structs import TopicPartition
+
+    builder = _DefaultRecordBatchBuilderPy(2, 0, 0, -1, -1, -1, 1 << 20)
+    builder.append(0, timestamp=None, key=None, value=b"{}", headers=[(_UnreadableKey("k"), b"1")])
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.partitions_for(topic)
+        leader = producer.client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        request = ProduceRequest(None, -1, 10_000, [(topic, [(partition, bytes(builder.build()))])])
+        answer = await producer.client.send(leader, request)
+        assert answer.topics[0][1][0][1] == 0, answer
+    finally:
+        await producer.stop()
+
+
+async def test_an_unreadable_header_key_loses_nothing_on_other_partitions(
+    settings: Settings, kafka_bootstrap: str, api_database: str
+) -> None:
+    """aiokafka cannot hand over a fetch holding a header key that is not UTF-8, so that
+    partition waits (a known limit, in the README); the worker stays up and the events of
+    the other partition come out exactly once."""
+    async with pipeline_on(settings, kafka_bootstrap, api_database, partitions=3) as env:
+        integration_id, type_id = await integration_with_type(env.client, SCHEMA, "{store}")
+        value = json.dumps(event_body(type_id, {"store": "S"})).encode()
+        iid = str(integration_id).encode()
+        producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap, linger_ms=50)
+        await producer.start()
+        ids = [str(uuid.uuid4()) for _ in range(600)]
+        try:
+            for round_ in range(3):
+                sent = [
+                    await producer.send(
+                        env.settings.raw_topic,
+                        value,
+                        partition=(0, 2)[n % 2],
+                        headers=[("integration-id", iid), ("event-id", event_id.encode())],
+                    )
+                    for n, event_id in enumerate(ids[round_ * 200 : (round_ + 1) * 200])
+                ]
+                await asyncio.gather(*sent)
+                if round_ == 0:
+                    await produce_unreadable_header_key(env.bootstrap, env.settings.raw_topic, 1)
+        finally:
+            await producer.stop()
+        out = await env.outputs(ids)
+    assert [codes(out[i]) for i in ids] == [["accepted"]] * 600

@@ -65,3 +65,18 @@ def test_secrets_are_masked() -> None:
 def test_readme_configuration_table_matches_the_code() -> None:
     """The README's configuration table is exactly the one generated from Settings."""
     assert markdown_table() in README.read_text()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("INGEST_IDEMPOTENCY_TTL_S", "0"),
+        ("INGEST_IDEMPOTENCY_TTL_S", "inf"),
+        ("INGEST_IDEMPOTENCY_TTL_S", "1e300"),
+        ("INGEST_MAX_AUTO_DEVICES", "-1"),
+    ],
+)
+def test_limits_out_of_range_stop_the_start(name: str, value: str) -> None:
+    """A claim lifetime outside (0, 10 years] or a negative device cap is a ConfigError."""
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})

@@ -213,9 +213,9 @@ def test_an_accepted_record_too_large_for_its_topic_becomes_a_cut_rejection() ->
     assert document["raw"] == body.decode() or document["truncated"] is True
 
 
-def test_a_huge_rejection_is_cut_to_fit_with_its_details_counted() -> None:
-    """100,000 validation errors and a large body: at most 100 details, their total, the raw
-    body cut (`truncated`, the original size given), all within the topic's limit."""
+def test_a_huge_rejection_is_cut_to_fit_and_reports_its_first_error() -> None:
+    """100,000 validation errors in a large body: the first error only (not counted), and
+    the raw body cut (`truncated`, the original size given), within the topic's limit."""
     body = orjson.dumps(good_body(list=list(range(100_000))))
     record, verdict = through(body, [("integration-id", b"1")])
     assert isinstance(verdict, Rejection)
@@ -224,8 +224,43 @@ def test_a_huge_rejection_is_cut_to_fit_with_its_details_counted() -> None:
     assert document["truncated"] is True
     assert document["raw_bytes"] == len(body)
     assert body.decode().startswith(document["raw"])
-    assert document["error"]["details_total"] == 100_000
-    assert len(document["error"]["details"]) <= 100
+    assert document["error"]["details_total"] is None
+    assert len(document["error"]["details"]) == 1
+
+
+def test_a_small_body_lists_its_first_hundred_errors_and_counts_all() -> None:
+    """500 validation errors in a small body: 100 details and `details_total` 500."""
+    body = orjson.dumps(good_body(list=[0] * 500))
+    _, verdict = through(body, [("integration-id", b"1")])
+    assert isinstance(verdict, Rejection)
+    document = orjson.loads(rejected_value(verdict))
+    assert document["error"]["details_total"] == 500
+    assert len(document["error"]["details"]) == 100
+
+
+def test_a_recursive_schema_reports_the_first_error_of_a_deep_instance_at_once() -> None:
+    """Listing every error of a deeply nested instance against a recursive schema costs
+    exponential time; such a schema reports its first error only, so 120 levels return."""
+    schema = {
+        "type": "object",
+        "required": ["store"],
+        "properties": {"store": {}, "t": {"$ref": "#/$defs/t"}},
+        "$defs": {"t": {"type": "array", "items": {"allOf": [{"$ref": "#/$defs/t"}] * 2}}},
+    }
+    row = {"integration_id": 1, "id": 9, "version": 1, "schema": schema}
+    event_type = compile_type(
+        {**row, "external_device_id_template": None, "duration_ms": 0, "buffer_ms": 0}
+    )
+    assert event_type.recursive
+    deep: Any = [1]
+    for _ in range(120):
+        deep = [deep]
+    body = orjson.dumps({**good_body(t=deep), "integration_event_type_id": 9})
+    decoded = decode(SOURCE, body, [("integration-id", b"1")], 5)
+    assert isinstance(decoded, RawEvent)
+    verdict = plan(decoded, {1}, {(1, 9): event_type})
+    assert isinstance(verdict, Rejection)
+    assert (verdict.code, len(verdict.details), verdict.counted) == ("invalid_attributes", 1, False)
 
 
 def test_binary_raw_values_are_cut_as_base64() -> None:
