@@ -420,3 +420,20 @@ async def test_import_spends_one_token_per_item(api: RunningApi, integration_id:
         after = await client.post(path, json=event())
     assert many.status_code == 202, many.text
     assert after.status_code == 429
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["/v1/integrations", "/v1/integrations/{iid}/devices", "/v1/integrations/{iid}/event-types"],
+)
+async def test_head_on_a_list_answers_like_get_without_a_body(
+    admin_client: httpx.AsyncClient,
+    integration_id: int,
+    caplog: pytest.LogCaptureFixture,
+    template: str,
+) -> None:
+    """HEAD (which HTTP allows wherever GET is) answers GET's status, not a 500."""
+    answer = await admin_client.head(template.format(iid=integration_id))
+    assert answer.status_code == 200
+    assert answer.content == b""
+    assert _errors_logged(caplog) == []

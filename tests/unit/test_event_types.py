@@ -13,6 +13,7 @@ from ingest_worker.event_types import (
     UNKNOWN_META_SCHEMA,
     check_schema,
     compile_attributes,
+    recursive,
 )
 
 ELSEWHERE = "http://127.0.0.1:9/x.json"
@@ -140,3 +141,25 @@ def test_a_nested_quantifier_runs_in_linear_time() -> None:
     validator = compile_attributes({"type": "string", "pattern": "^(a+)+$"})
     assert not validator.is_valid("a" * 100_000 + "!")
     assert validator.is_valid("a" * 100_000)
+
+
+def test_a_malformed_id_address_is_refused_not_a_crash() -> None:
+    """An `$id` that is no address (`http://[`) gives a 400 detail, never an exception."""
+    errors = check_schema({"$id": "http://x/", "properties": {"a": {"$id": "http://["}}})
+    assert errors
+    assert errors[0].field.startswith("schema")
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        ({"type": "object"}, False),
+        ({"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {}}}, False),
+        ({"properties": {"x": {"$ref": "#"}}}, True),
+        ({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"items": {"$ref": "#/$defs/a"}}}}, True),
+        ({"$ref": "#anchor"}, True),
+    ],
+)
+def test_reference_cycles_are_found(schema: dict[str, Any], expected: bool) -> None:
+    """A schema is recursive when a reference can lead back to itself (anchors count)."""
+    assert recursive(schema) is expected

@@ -373,3 +373,25 @@ def test_any_raw_record_gives_exactly_one_output_that_fits_and_decodes(
     one output record within the topic's limit; an accepted one decodes with fastavro."""
     record, _ = through(value, [("integration-id", b"1"), *headers])
     assert_one_fitting_output(record)
+
+
+def test_an_event_id_with_a_trailing_newline_is_replaced_not_kept() -> None:
+    """A UUID plus a newline is not a UUID: the record's position names the event instead,
+    and the accepted record decodes."""
+    headers = [
+        ("integration-id", b"1"),
+        ("event-id", b"123e4567-e89b-12d3-a456-426614174000\n"),
+    ]
+    record, verdict = through(orjson.dumps(good_body()), headers)
+    assert isinstance(verdict, Accepted)
+    assert verdict.event.event_id != "123e4567-e89b-12d3-a456-426614174000\n"
+    assert_one_fitting_output(record)
+
+
+@pytest.mark.parametrize("record_ms", [253_402_300_800_000, 2**63 - 1, -(2**63)])
+def test_a_record_timestamp_no_reader_can_hold_is_rejected(record_ms: int) -> None:
+    """Without received-at, the record's own timestamp stands in; one past year 9999 (a
+    gateway writing microseconds, say) is rejected instead of encoded."""
+    found = decode(SOURCE, orjson.dumps(good_body()), [("integration-id", b"1")], record_ms)
+    assert isinstance(found, Rejection)
+    assert found.details[0].field == "headers.received-at"
