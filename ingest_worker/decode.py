@@ -20,7 +20,6 @@ from ingest_worker.shape import FieldError
 
 Headers = Sequence[tuple[str, bytes | None]]
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_DECIMAL = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only; int64 fits in 19
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 MAX_KEY_CHARS = 255
 MAX_IMPORT_INDEX = 9999
@@ -152,6 +151,9 @@ def _times(body: dict[str, Any], received_at: str | None, record_ms: int) -> tup
         message = "must fall within the years 0001 to 9999 (UTC)"
         raise _Reject(400, "invalid_request", message, [FieldError("timestamp", message)])
     received_at_ms = _in_range(received_at, RECEIVED_AT_MS)
+    if received_at is not None and received_at_ms is None:
+        message = "must be epoch milliseconds, years 0001 to 9999"
+        raise _Reject(400, "invalid_request", message, [FieldError("headers.received-at", message)])
     if received_at_ms is None and record_ms not in RECEIVED_AT_MS:
         message = "no received-at header, and the record's timestamp is outside years 0001..9999"
         raise _Reject(400, "invalid_request", message, [FieldError("headers.received-at", message)])
@@ -211,7 +213,7 @@ def read_headers(headers: Headers) -> tuple[dict[str, str], list[FieldError]]:
     found: dict[str, str] = {}
     errors: list[FieldError] = []
     for name, value in headers:
-        lowered = name.lower()
+        lowered = name if name in CONTRACT_HEADERS else name.lower()
         if lowered not in CONTRACT_HEADERS:
             continue
         if lowered in found:
@@ -235,11 +237,6 @@ def _header_form_errors(found: dict[str, str]) -> list[FieldError]:
         errors.append(FieldError("headers.idempotency-key", "must be 1..255 characters, no NUL"))
     if index is not None and (key is None or _in_range(index, range(MAX_IMPORT_INDEX + 1)) is None):
         errors.append(FieldError("headers.idempotency-index", "0..9999, with an idempotency-key"))
-    received_at = found.get("received-at")
-    if received_at is not None and _in_range(received_at, RECEIVED_AT_MS) is None:
-        errors.append(
-            FieldError("headers.received-at", "must be epoch milliseconds, years 0001 to 9999")
-        )
     traceparent = found.get("traceparent")
     if traceparent is not None and not _TRACEPARENT.fullmatch(traceparent):
         del found["traceparent"]  # tracing only: a malformed one starts no trace, rejects nothing
@@ -266,8 +263,12 @@ def fallback_event_id(source: Source) -> str:
 
 
 def _in_range(text: str | None, bounds: range) -> int | None:
-    """A decimal integer of ASCII digits within `bounds`, else None."""
-    if text is None or not _DECIMAL.fullmatch(text):
+    """A decimal integer of ASCII digits (an optional minus, at most 19 digits) within
+    `bounds`, else None."""
+    if text is None:
+        return None
+    digits = text[1:] if text[:1] == "-" else text
+    if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
         return None
     value = int(text)
     return value if value in bounds else None
