@@ -124,7 +124,7 @@ class Worker:
             log.error(
                 "partition paused: a record in it cannot be read", extra={"partition": str(tp)}
             )
-            self.consumer.pause(tp)
+            self._pause([tp])
         self._rewind_all()
         await asyncio.sleep(self._backoff_s(self._failures))
 
