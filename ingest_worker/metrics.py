@@ -93,6 +93,11 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.set_dependencies_up(True)
+        self.unreadable = Gauge(
+            "ingest_worker_unreadable_partitions",
+            "Raw partitions paused because the Kafka client cannot read a record in them.",
+            registry=self.registry,
+        )
 
     def set_dependencies_up(self, up: bool) -> None:
         """Record whether the last batch (or fetch) could reach Kafka and PostgreSQL."""

@@ -125,6 +125,7 @@ class Worker:
                 "partition paused: a record in it cannot be read", extra={"partition": str(tp)}
             )
             self._pause([tp])
+        self.metrics.unreadable.set(len(self.consumer.paused()))
         self._rewind_all()
         await asyncio.sleep(self._backoff_s(self._failures))
 
