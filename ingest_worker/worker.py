@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import IllegalStateError, KafkaError
+from aiokafka.errors import CorruptRecordException, IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -146,8 +146,12 @@ class Worker:
             self._resume([tp])
             try:
                 await self.consumer.getmany(tp, timeout_ms=self.settings.worker_poll_timeout_ms * 5)
-            except Exception:  # any failure to read is this partition's
+            except (UnicodeError, CorruptRecordException):  # its data, not a passing fault
                 failing.append(tp)
+            except KafkaError as exc:
+                log.warning(
+                    "partition probe failed", extra={"partition": str(tp), "error": repr(exc)}
+                )
         self._resume([tp for tp in owned if tp not in already and tp not in failing])
         return failing
 
