@@ -45,6 +45,7 @@ bench: venv
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/api.py
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/worker.py
+	$(BIN)/python bench/records.py
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/validators.py
 
