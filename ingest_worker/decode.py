@@ -15,12 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from ingest_worker import shape
-from ingest_worker.raw import EVENT_ID_NAMESPACE
+from ingest_worker.raw import EVENT_ID_NAMESPACE, is_traceparent
 from ingest_worker.shape import FieldError
 
 Headers = Sequence[tuple[str, bytes | None]]
 _CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 MAX_KEY_CHARS = 255
 MAX_IMPORT_INDEX = 9999
 INT32 = range(-(2**31), 2**31)
@@ -238,7 +237,7 @@ def _header_form_errors(found: dict[str, str]) -> list[FieldError]:
     if index is not None and (key is None or _in_range(index, range(MAX_IMPORT_INDEX + 1)) is None):
         errors.append(FieldError("headers.idempotency-index", "0..9999, with an idempotency-key"))
     traceparent = found.get("traceparent")
-    if traceparent is not None and not _TRACEPARENT.fullmatch(traceparent):
+    if traceparent is not None and not is_traceparent(traceparent):
         del found["traceparent"]  # tracing only: a malformed one starts no trace, rejects nothing
     return errors
 

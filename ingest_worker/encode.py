@@ -134,7 +134,7 @@ def rejected_value(rejection: Rejection, max_bytes: int = 1_048_576) -> bytes:
     try:
         encoded = orjson.dumps(document)
     except (TypeError, ValueError):  # text orjson refuses (lone surrogates) in a message
-        document = _bare(document, rejection)
+        document = _bare(document, keep_raw=True)
         encoded = orjson.dumps(document)
     if len(encoded) <= max_bytes:
         return encoded
@@ -200,16 +200,16 @@ def _fit(document: dict[str, Any], raw: bytes, max_bytes: int) -> bytes:
     error = document["error"]
     error["details"], error["message"] = [], error["message"][:MAX_MESSAGE_CHARS]
     encoded = orjson.dumps(document)
-    return encoded if len(encoded) <= max_bytes else orjson.dumps(_bare(document, None))
+    return encoded if len(encoded) <= max_bytes else orjson.dumps(_bare(document, keep_raw=False))
 
 
-def _bare(document: dict[str, Any], rejection: Rejection | None) -> dict[str, Any]:
-    """The least a rejection says: which record, and its code."""
+def _bare(document: dict[str, Any], *, keep_raw: bool) -> dict[str, Any]:
+    """The least a rejection says: which record, and its code (and its raw value, if kept)."""
     error = document["error"]
     return {
         **document,
-        "raw": "" if rejection is None else document["raw"],
-        "truncated": rejection is None or document["truncated"],
+        "raw": document["raw"] if keep_raw else "",
+        "truncated": document["truncated"] or not keep_raw,
         "error": {
             "status": error["status"],
             "code": error["code"],

@@ -124,6 +124,12 @@ def unprocessable(
     return Rejection(source, value, event_id, integration_id, 422, "unprocessable", message)
 
 
+def _unprocessable_event(event: RawEvent, stage: str, exc: BaseException) -> Rejection:
+    return unprocessable(
+        event.source, event.value, event.event_id, event.integration_id, stage, exc
+    )
+
+
 async def _resolve_isolating(
     pool: AsyncConnectionPool[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
 ) -> dict[Source, Verdict]:
@@ -135,12 +141,7 @@ async def _resolve_isolating(
         return await _with_retries(pool, catalog, events, policy)
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
         if len(events) == 1:
-            e = events[0]
-            return {
-                e.source: unprocessable(
-                    e.source, e.value, e.event_id, e.integration_id, "resolve", exc
-                )
-            }
+            return {events[0].source: _unprocessable_event(events[0], "resolve", exc)}
         half = len(events) // 2
         first = await _resolve_isolating(pool, catalog, events[:half], policy)
         return first | await _resolve_isolating(pool, catalog, events[half:], policy)
@@ -207,9 +208,7 @@ def plan(
     except BaseException as exc:
         if not is_recoverable(exc):
             raise
-        return unprocessable(
-            event.source, event.value, event.event_id, event.integration_id, "validate", exc
-        )
+        return _unprocessable_event(event, "validate", exc)
 
 
 def _plan(
@@ -313,9 +312,7 @@ def output(verdict: Verdict, topics: Topics) -> tuple[OutRecord, Verdict]:
         except BaseException as exc:
             if not is_recoverable(exc):
                 raise
-            verdict = unprocessable(
-                event.source, event.value, event.event_id, event.integration_id, "encode", exc
-            )
+            verdict = _unprocessable_event(event, "encode", exc)
         else:
             if record_size(record.key, record.value, record.headers) <= topics.accepted_max_bytes:
                 return record, verdict

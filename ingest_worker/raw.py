@@ -46,9 +46,14 @@ def device_hint(integration_id: int, event: dict[str, Any]) -> str | None:
     return None if device is None else f"{integration_id}:{device}"
 
 
+def is_traceparent(text: str) -> bool:
+    """Whether `text` is a well-formed W3C traceparent (version 00)."""
+    return _TRACEPARENT.fullmatch(text) is not None
+
+
 def traceparent(given: str | None) -> str:
     """The caller's W3C traceparent if well formed, else a fresh one."""
-    if given is not None and _TRACEPARENT.fullmatch(given):
+    if given is not None and is_traceparent(given):
         return given
     ids = secrets.token_hex(24)
     return f"00-{ids[:32]}-{ids[32:]}-01"

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest_worker.decode import RawEvent, Rejection, Source, decode
+from ingest_worker.decode import CONTRACT_HEADERS, RawEvent, Rejection, Source, decode
 from ingest_worker.encode import OutRecord, read_accepted, rejected_value
 from ingest_worker.limits import record_size
 from ingest_worker.pipeline import (
@@ -316,18 +316,7 @@ JSON = st.recursive(
     ),
     max_leaves=30,
 )
-HEADER_NAMES = st.sampled_from(
-    [
-        "integration-id",
-        "event-id",
-        "received-at",
-        "idempotency-key",
-        "idempotency-index",
-        "traceparent",
-        "Integration-ID",
-        "other",
-    ]
-)
+HEADER_NAMES = st.sampled_from([*sorted(CONTRACT_HEADERS), "Integration-ID", "other"])
 HEADER_VALUES = st.one_of(
     st.none(),
     st.binary(max_size=40),
