@@ -1,51 +1,150 @@
-"""Benchmark baseline: the worker with its processing taken out. Same consumer, same
-per-partition transactional producers and offset commits; each raw record is re-produced
-unchanged (no decoding, validation, database or encoding)."""
+"""The worker benchmark's baseline: a librdkafka transactional passthrough, independent of the
+worker's code. One consumer and ONE transactional producer (KIP-447: the consumer's group
+metadata goes into each transaction). Per poll batch: begin a transaction, re-produce every
+record unchanged (key, value, headers) to `<INGEST_ACCEPTED_TOPIC>.baseline`, send the
+consumer's positions as the group's offsets, commit.
+
+    KAFKA_BOOTSTRAP_SERVERS=host:port INGEST_GROUP_ID=g .venv/bin/python bench/baseline_worker.py
+
+Settings are the worker's (`INGEST_RAW_TOPIC`, `INGEST_ACCEPTED_TOPIC`, `INGEST_GROUP_ID`,
+`INGEST_WORKER_BATCH_MAX_RECORDS`, `INGEST_WORKER_POLL_TIMEOUT_MS`). The loop is sequential,
+and librdkafka runs rebalance callbacks inside `consume()`, so no transaction is ever open
+when partitions are revoked: the default assign/unassign is all a rebalance needs. SIGTERM
+stops it after the batch in hand.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import os
 import signal
+import threading
+from types import FrameType
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from ingest_worker.config import Settings
-from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.encode import OutRecord
-from ingest_worker.metrics import WorkerMetrics
-from ingest_worker.pipeline import InRecord, Outcome
-from ingest_worker.worker import Worker, running
+
+COMMIT_TIMEOUT_S = 30.0
 
 
-class CopyWorker(Worker):
-    async def process(self, records: list[InRecord]) -> Outcome:
-        return Outcome(
-            records=[
-                OutRecord(
-                    self.topics.accepted, b"", r.value or b"", [(k, v or b"") for k, v in r.headers]
-                )
-                for r in records
-            ]
-        )
+def main() -> None:
+    settings = Settings.from_env(os.environ)
+    if not settings.kafka_bootstrap_servers:
+        raise SystemExit("KAFKA_BOOTSTRAP_SERVERS is required")
+    stop = threading.Event()
+
+    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    consumer = _consumer(settings.kafka_bootstrap_servers, settings)
+    producer = _producer(settings.kafka_bootstrap_servers, settings)
+    try:
+        run(settings, consumer, producer, stop)
+    finally:
+        consumer.close()
 
 
-async def main() -> None:
-    base = Settings.from_env(os.environ)
-    settings = dataclasses.replace(
-        base,
-        accepted_topic=base.accepted_topic + ".baseline",
-        rejected_topic=base.rejected_topic + ".baseline",
-        transactional_id_prefix="baseline",
+def _consumer(bootstrap: str, settings: Settings) -> Consumer:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": settings.group_id,
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
     )
-    bootstrap, database_url = str(settings.kafka_bootstrap_servers), str(settings.database_url)
-    await ensure_topics(bootstrap, settings)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with running(settings, bootstrap, database_url, WorkerMetrics(), CopyWorker) as worker:
-        await worker.run(stop)
+    consumer.subscribe([settings.raw_topic])
+    return consumer
+
+
+def _producer(bootstrap: str, settings: Settings) -> Producer:
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "transactional.id": f"baseline-{settings.group_id}"}
+    )
+    producer.init_transactions(COMMIT_TIMEOUT_S)
+    return producer
+
+
+def run(settings: Settings, consumer: Consumer, producer: Producer, stop: threading.Event) -> None:
+    """Pass poll batches through, one transaction each, until `stop` is set."""
+    topic = settings.accepted_topic + ".baseline"
+    timeout_s = settings.worker_poll_timeout_ms / 1000
+    while not stop.is_set():
+        batch = consumer.consume(settings.worker_batch_max_records, timeout_s)
+        records = [record for record in batch if _usable(record)]
+        if records:
+            _pass(consumer, producer, topic, records)
+
+
+def _usable(record: Message) -> bool:
+    """A record, not an event (librdkafka reports transient errors in the batch)."""
+    error = record.error()
+    if error is None:
+        return True
+    if error.fatal():
+        raise KafkaException(error)
+    return False
+
+
+def _pass(consumer: Consumer, producer: Producer, topic: str, records: list[Message]) -> None:
+    """One transaction: the records, unchanged, and the consumed positions."""
+    producer.begin_transaction()
+    try:
+        for record in records:
+            _produce(producer, topic, record)
+        positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+        producer.send_offsets_to_transaction(
+            positions, consumer.consumer_group_metadata(), COMMIT_TIMEOUT_S
+        )
+        _commit(producer)
+    except KafkaException as exc:
+        if not _error(exc).txn_requires_abort():
+            raise
+        producer.abort_transaction(COMMIT_TIMEOUT_S)
+        _rewind(consumer)
+
+
+def _produce(producer: Producer, topic: str, record: Message) -> None:
+    while True:
+        try:
+            producer.produce(topic, record.value(), record.key(), headers=record.headers())
+            return
+        except BufferError:  # the local queue is full: let librdkafka send some
+            producer.poll(0.01)
+
+
+def _commit(producer: Producer) -> None:
+    while True:
+        try:
+            producer.commit_transaction(COMMIT_TIMEOUT_S)
+            return
+        except KafkaException as exc:
+            if not _error(exc).retriable():
+                raise
+
+
+def _rewind(consumer: Consumer) -> None:
+    """After an abort: back to the group's committed offsets, so nothing is skipped."""
+    for tp in consumer.committed(consumer.assignment(), COMMIT_TIMEOUT_S):
+        offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+        consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+
+def _error(exc: KafkaException) -> KafkaError:
+    error = exc.args[0]
+    assert isinstance(error, KafkaError)
+    return error
 
 
 if __name__ == "__main__":
-    import uvloop
-
-    uvloop.run(main())
+    main()

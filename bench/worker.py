@@ -1,168 +1,201 @@
-"""Events/s of one worker process with exactly-once on, against a baseline measured in the
-same run: the same consumer and per-partition transactional producers re-producing each raw
-record unchanged (no decoding, validation, database or encoding).
+"""Events/s of `ingest-worker worker` against a librdkafka transactional passthrough
+(bench/baseline_worker.py: consume, re-produce unchanged, commit the offsets in the same
+transaction, every poll batch), both in the same run, at 6 and at 48 partitions; then the
+worker's end-to-end latency at a steady 2,000 events/s on 48 partitions (bench/latency.py).
 
-    .venv/bin/python bench/worker.py [--events 100000]
+    INGEST_LOG_LEVEL=WARNING .venv/bin/python bench/worker.py [--events 100000]
+        [--partitions 6 48] [--rate 2000] [--seconds 20]
 
-Both read the same pre-filled raw topic (6 partitions) with their own consumer group; the
-rate is taken from the group's committed offsets, from the first commit to the last.
+Per partition count: fresh raw, accepted and rejected topics with that many partitions and a
+fresh integration (so each run creates the same devices: 2,000 named by external id, 1,940
+by template); `--events` raw events pre-filled (a third by external id, the rest by
+template); then the passthrough, then the worker, one process each with its own consumer
+group on that same raw topic. Each is rated from its group's committed offsets,
+from the first commit seen to the last, and charged the CPU (user + system, all threads, from
+/proc) it used in that window. The latency run takes the largest partition count.
+Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else started here.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import os
-import shutil
 import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import orjson
-import psycopg
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import GroupCoordinatorNotAvailableError
+import latency
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from workload import (
+    PASSTHROUGH,
+    WORKER,
+    Contender,
+    Scenario,
+    check_alive,
+    cpu_s,
+    fill,
+    records_in,
+    running,
+    scenario,
+    stack,
+)
 
 from ingest_worker.config import Settings
-from ingest_worker.devstack.stack import services
-from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.migrate import migrate
 
-HERE = Path(__file__).resolve().parent
-DEVICES = 2000
+POLL_S = 0.05
+STALL_S = 120.0
+COMMITTED_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """One look at a group: when, its committed offsets' sum, its process's CPU seconds."""
+
+    at_s: float
+    done: int
+    cpu_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One process from its group's first commit seen to its last."""
+
+    first: Mark
+    last: Mark
+
+    @property
+    def events(self) -> int:
+        return self.last.done - self.first.done
+
+    @property
+    def rate(self) -> float:
+        return self.events / (self.last.at_s - self.first.at_s)
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU µs per event."""
+        return (self.last.cpu_s - self.first.cpu_s) * 1e6 / self.events
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    partitions: int
+    passthrough: Run
+    worker: Run
+    rejected: int
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--partitions", type=int, nargs="+", default=[6, 48])
+    parser.add_argument("--rate", type=float, default=2000.0, help="latency run: events/s")
+    parser.add_argument("--seconds", type=float, default=20.0, help="latency run: 0 skips it")
     args = parser.parse_args()
-    base = Settings.from_env(os.environ)
-    work = (base.stack_dir / "bench-worker").resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    with services(base, work, durable=True) as found:
-        bootstrap, database_url = found.kafka_bootstrap_servers, found.database_url
-        settings = dataclasses.replace(
-            base, kafka_bootstrap_servers=bootstrap, database_url=database_url
-        )
-        asyncio.run(migrate(database_url, lock_timeout_s=30))
-        asyncio.run(ensure_topics(bootstrap, settings))
-        integration_id, type_id = _event_type(database_url)
-        asyncio.run(_fill(bootstrap, settings.raw_topic, integration_id, type_id, args.events))
-        baseline = _measure(
-            settings, "baseline", [sys.executable, str(HERE / "baseline_worker.py")], args.events
-        )
-        worker = _measure(
-            settings, "worker", [sys.executable, "-m", "ingest_worker", "worker"], args.events
-        )
-    print(f"\n{args.events} events, 6 partitions, one process each, exactly-once, this machine")
-    print(f"{'process':<40} {'events/s':>10}")
-    print(f"{'baseline: consume + re-produce (EOS)':<40} {baseline:>10.0f}")
-    print(f"{'ingest-worker worker':<40} {worker:>10.0f}")
+    with stack("bench-worker") as settings:
+        rows = [_compare(settings, p, args.events) for p in args.partitions]
+        late = [
+            latency.measure(settings, contender, max(args.partitions), args.rate, args.seconds)
+            for contender in (PASSTHROUGH, WORKER)
+            if args.seconds > 0
+        ]
+    _report(args.events, rows)
+    if late:
+        print(latency.heading(max(args.partitions), args.rate, args.seconds))
+        for run in late:
+            print(run)
 
 
-def _event_type(database_url: str) -> tuple[int, int]:
-    schema = {
-        "type": "object",
-        "required": ["store", "lane"],
-        "properties": {
-            "store": {"type": "string"},
-            "lane": {"type": "integer"},
-            "total": {"type": "number"},
-        },
-    }
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "INSERT INTO integrations (name) VALUES ('bench') RETURNING id"
-        ).fetchone()
-        assert row is not None
-        typed = conn.execute(
-            "INSERT INTO event_types (integration_id, name, schema, external_device_id_template) "
-            "VALUES (%s, 'sale', %s, '{store}:{lane}') RETURNING id",
-            (row[0], orjson.dumps(schema).decode()),
-        ).fetchone()
-        assert typed is not None
-        return int(row[0]), int(typed[0])
+def _compare(settings: Settings, partitions: int, events: int) -> Row:
+    """The passthrough, then the worker, on one freshly filled raw topic."""
+    scene = scenario(settings, partitions)
+    fill(scene, events, int(time.time() * 1000))
+    passthrough = _measure(scene, PASSTHROUGH, events)
+    worker = _measure(scene, WORKER, events)
+    rejected = records_in(scene.bootstrap, scene.settings.rejected_topic, partitions)
+    return Row(partitions, passthrough, worker, rejected)
 
 
-async def _fill(bootstrap: str, topic: str, integration_id: int, type_id: int, count: int) -> None:
-    """Raw events as the API writes them: a third by external id, the rest by template."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024)
-    await producer.start()
+def _measure(scene: Scenario, contender: Contender, count: int) -> Run:
+    group = scene.group(contender)
+    raw = scene.settings.raw_topic
+    partitions = [TopicPartition(raw, p) for p in range(scene.partitions)]
+    # Reads the group's offsets without joining it. Not AdminClient.list_consumer_group_offsets:
+    # on a NOT_COORDINATOR answer (a fresh broker's offsets topic still loading) librdkafka
+    # 2.16 dereferences a null group handle and the bench dies of SIGSEGV (librdkafka#5040).
+    looker = Consumer(
+        {"bootstrap.servers": scene.bootstrap, "group.id": group, "enable.auto.commit": False}
+    )
     try:
-        pending = []
-        for n in range(count):
-            event: dict[str, object] = {
-                "integration_event_type_id": type_id,
-                "timestamp": "2024-06-01T12:00:00.123Z",
-                "attributes": {
-                    "store": f"S{n % 97}",
-                    "lane": n % (DEVICES // 97),
-                    "total": n / 100,
-                },
-            }
-            if n % 3 == 0:
-                event["device_external_id"] = f"ext-{n % DEVICES}"
-            event_id = str(uuid.uuid4())
-            headers = [
-                ("integration-id", str(integration_id).encode()),
-                ("event-id", event_id.encode()),
-            ]
-            pending.append(
-                await producer.send(
-                    topic, orjson.dumps(event), key=event_id.encode(), headers=headers
-                )
+        with running(contender, scene) as proc:
+            return _watch(proc, contender.name, lambda: _committed(looker, partitions), count)
+    finally:
+        looker.close()
+
+
+def _committed(looker: Consumer, partitions: list[TopicPartition]) -> int | None:
+    """The sum of the group's committed offsets; None while the broker cannot say."""
+    try:
+        answer = looker.committed(partitions, COMMITTED_TIMEOUT_S)
+    except KafkaException:
+        return None
+    return sum(tp.offset for tp in answer if tp.offset > 0)
+
+
+def _watch(
+    proc: subprocess.Popen[bytes], name: str, committed: Callable[[], int | None], count: int
+) -> Run:
+    """Look at the group every POLL_S until it has committed `count` records."""
+    first: Mark | None = None
+    progress = Mark(time.monotonic(), 0, 0.0)
+    while True:
+        check_alive(proc, name)
+        done = committed()
+        mark = Mark(time.monotonic(), progress.done if done is None else done, cpu_s(proc.pid))
+        if first is None and mark.done > 0:
+            first = _first(mark, count, name)
+        elif first is not None and mark.done >= count:
+            return Run(first, mark)
+        if mark.done != progress.done:
+            progress = mark
+        elif mark.at_s - progress.at_s > STALL_S:
+            raise TimeoutError(f"{name}: no commit for {STALL_S:.0f} s, at {mark.done}/{count}")
+        time.sleep(POLL_S)
+
+
+def _first(mark: Mark, count: int, name: str) -> Mark:
+    if mark.done >= count:
+        raise RuntimeError(f"{name} committed all {count} events at once: give more --events")
+    return mark
+
+
+def _report(events: int, rows: list[Row]) -> None:
+    loads = " / ".join(f"{load:.1f}" for load in os.getloadavg())
+    print(f"\n{events} raw events per run, one process each, exactly-once, this machine")
+    print(f"({os.cpu_count()} cores; load average 1/5/15 min at the end: {loads})")
+    print(
+        f"{'partitions':>10} {'passthrough ev/s':>17} {'worker ev/s':>12} "
+        f"{'worker/passthrough':>19} {f'worker vs {rows[0].partitions} p.':>16} "
+        f"{'CPU µs/ev passthrough':>22} {'worker':>7}"
+    )
+    for row in rows:
+        print(
+            f"{row.partitions:>10} {row.passthrough.rate:>17.0f} {row.worker.rate:>12.0f} "
+            f"{row.worker.rate / row.passthrough.rate:>19.0%} "
+            f"{row.worker.rate / rows[0].worker.rate:>16.0%} "
+            f"{row.passthrough.cpu_us:>22.1f} {row.worker.cpu_us:>7.1f}"
+        )
+    print(
+        "targets: worker >= 60% of the passthrough at 6 partitions; at 48, within 15% of its "
+        "own rate at 6 (>= 85%)"
+    )
+    for row in rows:
+        if row.rejected:
+            print(
+                f"warning: the rejected topic at {row.partitions} partitions holds "
+                f"{row.rejected} records and markers: the worker rejected events"
             )
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending = []
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-
-
-def _measure(settings: Settings, name: str, command: list[str], count: int) -> float:
-    group = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka_bootstrap_servers),
-        "DATABASE_URL": str(settings.database_url),
-        "INGEST_GROUP_ID": group,
-        "INGEST_WORKER_HTTP_PORT": "0",
-        "INGEST_LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen(command, env=env)
-    try:
-        return asyncio.run(_rate(str(settings.kafka_bootstrap_servers), group, count))
-    finally:
-        proc.terminate()
-        proc.wait(60)
-
-
-async def _rate(bootstrap: str, group: str, count: int) -> float:
-    """Events per second between the group's first committed progress and the end."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        first: tuple[float, int] | None = None
-        while True:
-            try:
-                offsets = await admin.list_consumer_group_offsets(group)
-            except GroupCoordinatorNotAvailableError:  # the group is not there yet
-                await asyncio.sleep(0.2)
-                continue
-            done = sum(meta.offset for meta in offsets.values() if meta.offset > 0)
-            now = time.monotonic()
-            if done and first is None:
-                first = (now, done)
-            if done >= count and first is not None:
-                return float(done - first[1]) / max(now - first[0], 1e-9)
-            await asyncio.sleep(0.05)
-    finally:
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -97,15 +97,34 @@ class Settings:
         8081,
         "Worker's `/healthz`, `/readyz` and `/metrics` port (0: off).",
     )
+    worker_commit_interval_ms: int = _setting(
+        "INGEST_WORKER_COMMIT_INTERVAL_MS",
+        100,
+        "Longest a worker's Kafka transaction stays open before it commits (ms): batches "
+        "polled meanwhile share it, so many partitions cost one commit, not one each.",
+    )
+    worker_txn_max_records: int = _setting(
+        "INGEST_WORKER_TXN_MAX_RECORDS",
+        10000,
+        "Most raw records one Kafka transaction takes before it commits, whatever the interval.",
+    )
+    transactional_id: str | None = _setting(
+        "INGEST_TRANSACTIONAL_ID",
+        None,
+        "The worker's transactional id; unique per live process, stable per replica (a restart "
+        "with the same id settles its predecessor's open transaction at once). Unset: "
+        "`{prefix}-{group}-{hostname}-{pid}`.",
+    )
     transactional_id_prefix: str = _setting(
         "INGEST_TRANSACTIONAL_ID_PREFIX",
         "ingest-worker",
-        "Prefix of the per-partition transactional ids (`{prefix}-{group}-{topic}-{partition}`).",
+        "Prefix of the default transactional id.",
     )
     kafka_timeout_s: float = _setting(
         "INGEST_KAFKA_TIMEOUT_S",
         10.0,
-        "Worker's bound on one partition's Kafka transaction; past it the batch is retried.",
+        "Worker's bound on one Kafka call (commit, abort, offsets); past it the work since the "
+        "last commit is done again.",
     )
     catalog_max_age_s: float = _setting(
         "INGEST_CATALOG_MAX_AGE_S",
@@ -154,6 +173,11 @@ class Settings:
             )
         if self.max_auto_devices < 0:
             raise ConfigError("INGEST_MAX_AUTO_DEVICES must be 0 (no limit) or more")
+        if self.worker_commit_interval_ms < 0 or self.worker_txn_max_records < 1:
+            raise ConfigError(
+                "INGEST_WORKER_COMMIT_INTERVAL_MS must be 0 or more and "
+                "INGEST_WORKER_TXN_MAX_RECORDS at least 1"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

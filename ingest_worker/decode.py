@@ -87,7 +87,7 @@ class Rejection:
 
 
 def decode(
-    source: Source, value: bytes | None, headers: Headers, timestamp_ms: int
+    source: Source, value: bytes | None, headers: Headers | None, timestamp_ms: int
 ) -> RawEvent | Rejection:
     """Read one raw record: headers, JSON, and the shared request shape."""
     found, header_errors = read_headers(headers)
@@ -206,11 +206,14 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
     return era * 146097 + day_of_era - 719468
 
 
-def read_headers(headers: Headers) -> tuple[dict[str, str], list[FieldError]]:
+def read_headers(headers: Headers | None) -> tuple[dict[str, str], list[FieldError]]:
     """The contract's headers (names in any case) as text, and what is wrong with them:
-    repeated, not UTF-8, or not of their form. Other headers are ignored."""
+    repeated, not UTF-8, or not of their form. Other headers are ignored. None: the Kafka
+    client could not read them (a header name that is not UTF-8)."""
     found: dict[str, str] = {}
     errors: list[FieldError] = []
+    if headers is None:
+        return found, [FieldError("headers", "unreadable: a header name is not UTF-8")]
     for name, value in headers:
         lowered = name if name in CONTRACT_HEADERS else name.lower()
         if lowered not in CONTRACT_HEADERS:

@@ -4,13 +4,14 @@ and each topic's limit, read once from the broker when a process starts."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Sequence
 
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource, ResourceType
 
+from ingest_worker import rdkafka
 from ingest_worker.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
@@ -38,23 +39,22 @@ async def max_message_bytes(
     bootstrap: str, topics: Sequence[str], timeout_s: float
 ) -> dict[str, int]:
     """Each topic's `max.message.bytes` (the broker default for a topic not created yet)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
-    )
+    admin = AdminClient(rdkafka.config(bootstrap, "ingest-worker-admin", rdkafka.ErrorLog(log)))
+    asked = [ConfigResource(ResourceType.TOPIC, topic) for topic in topics]
+    answers = admin.describe_configs(asked, request_timeout=timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
-            await admin.start()
-            answers = await admin.describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
-            )
-    except (KafkaError, TimeoutError) as exc:
+        async with asyncio.timeout(timeout_s + 1.0):
+            return {r.name: await _limit(answer) for r, answer in answers.items()}
+    except (KafkaException, TimeoutError) as exc:
         raise DependencyUnavailable(f"cannot read the topics' configuration: {exc!r}") from exc
-    finally:
-        await admin.close()
-    found = {topic: DEFAULT_MAX_MESSAGE_BYTES for topic in topics}
-    for answer in answers:
-        for error_code, _, _, name, configs in answer.resources:
-            limit = [int(v) for k, v, *_ in configs if k == "max.message.bytes"]
-            if error_code == 0 and limit:
-                found[name] = limit[0]
-    return found
+
+
+async def _limit(answer: concurrent.futures.Future[dict[str, ConfigEntry]]) -> int:
+    try:
+        configs = await asyncio.wrap_future(answer)
+    except KafkaException as exc:
+        if rdkafka.error_code(exc) == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return DEFAULT_MAX_MESSAGE_BYTES
+        raise
+    entry = configs.get("max.message.bytes")
+    return int(entry.value) if entry is not None and entry.value else DEFAULT_MAX_MESSAGE_BYTES

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from ingest_worker.rdkafka import LIBRDKAFKA_LOGGER
+
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {
     "message",
     "asctime",
@@ -46,7 +48,15 @@ def setup(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
+    librdkafka = logging.getLogger(LIBRDKAFKA_LOGGER)
+    librdkafka.setLevel(max(root.level, logging.WARNING))
+    librdkafka.addFilter(_not_a_connection_failure)
+
+
+def _not_a_connection_failure(record: logging.LogRecord) -> bool:
+    """librdkafka logs each failed (re)connect, every few milliseconds while a broker is down;
+    the same errors reach our loggers once through the clients' `error_cb`."""
+    return not (isinstance(record.args, tuple) and record.args[:1] == ("FAIL",))
 
 
 def _utc(secs: float | None) -> time.struct_time:

@@ -71,7 +71,7 @@ class WorkerMetrics:
         )
         self.batch_seconds = Histogram(
             "ingest_worker_batch_seconds",
-            "Time to process and commit one batch.",
+            "Time to process one poll batch, from its records to its outputs queued.",
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
@@ -83,7 +83,7 @@ class WorkerMetrics:
         )
         self.retries = Counter(
             "ingest_worker_retries_total",
-            "Batches put back for a retry, by reason.",
+            "Work since the last commit put back for a retry, by reason.",
             ["reason"],
             registry=self.registry,
         )
@@ -93,9 +93,10 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.set_dependencies_up(True)
-        self.unreadable = Gauge(
-            "ingest_worker_unreadable_partitions",
-            "Raw partitions paused because the Kafka client cannot read a record in them.",
+        self.commit_seconds = Histogram(
+            "ingest_worker_commit_seconds",
+            "Time to commit one Kafka transaction (outputs and offsets).",
+            buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
 

@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ingest_worker import encode, resolve
 from ingest_worker.catalog import Catalog, TypeKey
-from ingest_worker.decode import RawEvent, Rejection, Source, decode, fallback_event_id
+from ingest_worker.decode import Headers, RawEvent, Rejection, Source, decode, fallback_event_id
 from ingest_worker.encode import OutRecord
 from ingest_worker.errors import DependencyUnavailable, is_recoverable
 from ingest_worker.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
@@ -33,7 +33,7 @@ class InRecord(NamedTuple):
 
     source: Source
     value: bytes | None
-    headers: Sequence[tuple[str, bytes | None]]
+    headers: Headers | None  # None: the client could not read them
     timestamp_ms: int
 
 

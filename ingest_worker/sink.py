@@ -1,175 +1,240 @@
-"""Exactly-once emit: one transactional producer per assigned input partition.
+"""Exactly-once emit (KIP-447): one transactional producer per worker process.
 
-aiokafka has group-id based transactions only (no KIP-447), so the transactional id is tied
-to the input partition: `{prefix}-{group}-{topic}-{partition}`. Whoever owns the partition
-next starts a producer with the same id, which fences the previous owner and aborts its open
-transaction. Per partition, a batch's outputs and its next offset commit in one transaction.
+The outputs of any number of batches, from every assigned partition, and the consumed offsets
+commit in one transaction (`send_offsets_to_transaction` with the consumer's group metadata).
+The broker fences a member whose group generation is stale, so the transactional id only has
+to be unique per live process. librdkafka's blocking calls run on a thread of the sink's own,
+never on the event loop; one lock orders the transactional calls between that thread, the
+event loop (produce) and the consumer's thread (a rebalance settles the open transaction).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from typing import Any
+from typing import Any, Literal
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, ProducerFenced
-from aiokafka.structs import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from ingest_worker import rdkafka
 from ingest_worker.encode import OutRecord
 from ingest_worker.errors import DependencyUnavailable
+from ingest_worker.offsets import Partition
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 1024 * 1024
+TRANSACTION_TIMEOUT_MS = 60_000
+ErrorClass = Literal["retry", "abort", "fatal"]
 
 
-class PartitionLost(Exception):  # noqa: N818 - a state, like the broker's own error name
-    """Another worker owns this partition now (we were fenced); drop our batch for it."""
+class TransactionFailed(DependencyUnavailable):
+    """The transaction did not commit, or its outcome is unknown. The sink has settled it
+    (aborted, or dropped the producer: the next one fences it): resume from the offsets the
+    broker holds."""
 
 
-def transactional_id(prefix: str, group_id: str, tp: TopicPartition) -> str:
-    return f"{prefix}-{group_id}-{tp.topic}-{tp.partition}"
+def error_class(error: KafkaError) -> ErrorClass:
+    """librdkafka's transactional error classes: `retry` the same call, `abort` the
+    transaction, or the producer is `fatal` and must be replaced. Anything else aborts."""
+    if error.fatal():
+        return "fatal"
+    if error.txn_requires_abort():
+        return "abort"
+    return "retry" if error.retriable() else "abort"
 
 
-class PartitionSinks:
-    """The producers of the partitions this worker owns."""
+def producer_config(
+    bootstrap: str, transactional_id: str, timeout_s: float, record_limits: Sequence[int]
+) -> dict[str, Any]:
+    """The transactional producer: Java's key partitioning (so the accepted topic's order per
+    device matches any Java reader's expectation), sized to the output topics' limits."""
+    return {
+        **rdkafka.config(bootstrap, "ingest-worker", rdkafka.ErrorLog(log)),
+        "transactional.id": transactional_id,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "partitioner": "murmur2_random",
+        "batch.size": min(MAX_BATCH_BYTES, *record_limits),
+        "message.max.bytes": max(record_limits),
+        "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+        "socket.timeout.ms": max(1000, int(timeout_s * 1000)),
+        "delivery.report.only.error": True,
+    }
 
-    def __init__(
-        self,
-        bootstrap: str,
-        group_id: str,
-        prefix: str,
-        timeout_s: float,
-        record_limits: tuple[int, ...] = (MAX_BATCH_BYTES,),
-    ) -> None:
-        self._bootstrap, self._group_id, self._prefix = bootstrap, group_id, prefix
-        self._timeout_s = timeout_s
-        # Records are checked against their topic's limit before they get here; a batch of
-        # several must stay under the smallest limit, one record under the largest.
-        self._max_request_bytes = max(record_limits)
-        self._max_batch_bytes = min(MAX_BATCH_BYTES, *record_limits)
-        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
-        # Two producers with one transactional id would fence each other: open one at a time.
-        self._opening = asyncio.Lock()
 
-    def owns(self, tp: TopicPartition) -> bool:
-        return tp in self._producers
+class Sink:
+    """The worker's transactional producer; replaced whenever librdkafka says it is fatal."""
 
-    def owned(self) -> set[TopicPartition]:
-        return set(self._producers)
+    def __init__(self, config: Mapping[str, Any], timeout_s: float) -> None:
+        self._config, self._timeout_s = dict(config), timeout_s
+        self._producer: Producer | None = None
+        self._open = False
+        self._lock = threading.Lock()
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, "kafka-producer")
+        self._committing: concurrent.futures.Future[None] | None = None
 
-    async def open(self, partitions: Iterable[TopicPartition]) -> None:
-        """Start a producer per partition; starting fences any previous owner."""
-        await asyncio.gather(
-            *(self._open_one(tp) for tp in partitions if tp not in self._producers)
-        )
+    async def ensure(self) -> None:
+        """A producer with its transactions initialised (which fences a previous producer
+        with this id and settles its open transaction); DependencyUnavailable if the broker
+        does not answer."""
+        if self._producer is None:
+            await self._run(self._start_blocking)
 
-    async def _open_one(self, tp: TopicPartition) -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
-            transactional_id=transactional_id(self._prefix, self._group_id, tp),
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=0,
-            max_batch_size=self._max_batch_bytes,
-            max_request_size=self._max_request_bytes,
-            request_timeout_ms=int(self._timeout_s * 1000),
-            client_id=f"ingest-worker-{tp.partition}",
-        )
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await producer.start()
-        except (KafkaError, TimeoutError) as exc:
-            await self._kill(producer)
-            raise DependencyUnavailable(f"cannot start the producer of {tp}: {exc!r}") from exc
-        self._producers[tp] = producer
+    def send(self, records: Sequence[OutRecord]) -> None:
+        """Add records to the open transaction (beginning one if needed). Called from the
+        event loop: produce() only queues."""
+        with self._lock:
+            producer = self._require()
+            try:
+                if not self._open:
+                    producer.begin_transaction()
+                    self._open = True
+                for record in records:
+                    _produce(producer, record)
+                producer.poll(0)  # serve its log lines and error callbacks
+            except KafkaException as exc:
+                self._fail(producer, exc)
 
-    async def _stop(self, producer: AIOKafkaProducer) -> None:
-        """Stop a producer between transactions: flush and close, but never wait past the
-        timeout (a producer whose broker is gone can wait forever); then kill it."""
-        with suppress(KafkaError, TimeoutError):
-            async with asyncio.timeout(self._timeout_s):
-                await producer.stop()
+    def commit_soon(self, offsets: Mapping[Partition, int], group: object) -> asyncio.Future[None]:
+        """Commit the open transaction with `offsets` on the sink's thread; the caller goes
+        on meanwhile. The future raises TransactionFailed if it did not commit."""
+        tps = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
+        self._committing = self._thread.submit(self._commit_blocking, tps, group)
+        return asyncio.wrap_future(self._committing)
+
+    async def abort(self) -> None:
+        """Abort the open transaction, if any (dropping the producer if even that fails)."""
+        await self._run(self.settle_blocking)
+
+    def settle_blocking(self) -> None:
+        """From any thread but the event loop's: wait for a commit in flight, then abort what
+        is still open. A rebalance calls this before partitions change hands."""
+        committing = self._committing
+        if committing is not None:
+            concurrent.futures.wait([committing])
+        with self._lock:
+            if self._open and self._producer is not None:
+                producer = self._producer
+                try:
+                    self._retrying(producer.abort_transaction)
+                except KafkaException as exc:
+                    log.warning("abort failed; producer replaced", extra={"error": str(exc)})
+                    self._drop()
+            self._open = False
+
+    async def close(self) -> None:
+        """Abort anything open and stop the producer, within the timeout."""
+        await self.abort()
+        await self._run(self._close_blocking)
+        self._thread.shutdown(wait=False)
+
+    def _close_blocking(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.flush(self._timeout_s)
+                self._drop()
+
+    def _start_blocking(self) -> None:
+        with self._lock:
+            if self._producer is not None:
                 return
-        await self._kill(producer)
+            producer = Producer(self._config)
+            try:
+                producer.init_transactions(self._timeout_s)
+            except KafkaException as exc:
+                _bury(producer)
+                raise DependencyUnavailable(f"cannot start the producer: {exc}") from exc
+            self._producer, self._open = producer, False
 
-    async def _kill(self, producer: AIOKafkaProducer) -> None:
-        """Stop a producer without flushing. aiokafka's stop() flushes first and, cancelled
-        while flushing, leaves the sender task running (aio-libs/aiokafka#1101): a zombie that
-        retries its sends, or even commits its transaction, once the broker is back. So the
-        sender is cancelled and the connections closed; the unsent batches are dropped."""
-        sender: asyncio.Task[None] | None = producer._sender.sender_task
-        for _ in range(10):
-            if sender is None or sender.done():
-                break
-            sender.cancel()  # again if it was awaiting a request: that request is cancelled too
-            await asyncio.wait([sender], timeout=1)
-        with suppress(KafkaError, TimeoutError):
-            async with asyncio.timeout(self._timeout_s):
-                await producer.client.close()
-        producer._closed = True  # as stop() would mark it, so it is not reported unclosed
+    def _commit_blocking(self, offsets: list[TopicPartition], group: object) -> None:
+        with self._lock:
+            producer = self._require()
+            try:
+                if not self._open:
+                    producer.begin_transaction()
+                    self._open = True
+                self._retrying(lambda t: producer.send_offsets_to_transaction(offsets, group, t))
+                self._retrying(producer.commit_transaction)
+            except KafkaException as exc:
+                self._fail(producer, exc)
+            self._open = False
 
-    async def close(self, partitions: Iterable[TopicPartition]) -> None:
-        """Stop the producers of partitions we no longer own."""
-        closing = [self._producers.pop(tp) for tp in list(partitions) if tp in self._producers]
-        await asyncio.gather(*(self._stop(p) for p in closing))
+    def _fail(self, producer: Producer, exc: KafkaException) -> None:
+        """Settle a failed transaction and raise TransactionFailed. Still retriable after the
+        timeout means its outcome is unknown: only a new producer can settle it."""
+        error: KafkaError = exc.args[0]
+        log.warning("transaction failed", extra={"error": str(error), "class": error_class(error)})
+        if error_class(error) == "abort":
+            try:
+                self._retrying(producer.abort_transaction)
+            except KafkaException:
+                self._drop()
+        else:
+            self._drop()
+        self._open = False
+        raise TransactionFailed(f"transaction failed: {error}") from exc
 
-    async def close_all(self) -> None:
-        await self.close(list(self._producers))
+    def _retrying(self, call: Callable[[float], object]) -> None:
+        """Call with the time left; repeat while librdkafka says the call may be retried."""
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            try:
+                call(max(0.1, deadline - time.monotonic()))
+                return
+            except KafkaException as exc:
+                if error_class(exc.args[0]) != "retry" or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
 
-    async def commit(
-        self, tp: TopicPartition, records: Sequence[OutRecord], next_offset: int
-    ) -> None:
-        """Emit `records` and move the group's offset of `tp` to `next_offset`, atomically.
+    def _require(self) -> Producer:
+        if self._producer is None:
+            raise TransactionFailed("no producer: it is being replaced")
+        return self._producer
 
-        A failed transaction's outcome is unknown: the broker may still commit it. So its
-        producer is killed and the partition given up; taking it again (`open`, then reading
-        the committed offset) fences the producer and settles the transaction first."""
-        producer = self._producers.get(tp)
-        if producer is None:
-            raise PartitionLost(str(tp))
+    def _drop(self) -> None:
+        """Forget the producer without waiting for anything it holds."""
+        if self._producer is not None:
+            _bury(self._producer)
+        self._producer, self._open = None, False
+
+    async def _run(self, call: Callable[[], None]) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+
+# close() reports an abort it could not do (the producer being buried is past that) as a
+# warning on stderr; the failure that got it buried is already logged.
+warnings.filterwarnings("ignore", r"Producer .* failed during close", RuntimeWarning)
+
+
+def _bury(producer: Producer) -> None:
+    """Let go of a producer on a thread of its own: destroying one whose requests are stuck
+    on an unresponsive broker blocks until they time out, and nobody should wait for that."""
+    threading.Thread(
+        target=_purge, args=(producer,), name="kafka-producer-exit", daemon=True
+    ).start()
+
+
+def _purge(producer: Producer) -> None:
+    """Drop what it holds (purged messages settle at once), then destroy it here: close()
+    flushes what is left, which after the purge is nothing."""
+    with suppress(KafkaException, RuntimeError):
+        producer.purge(in_queue=True, in_flight=True)
+        producer.close()
+
+
+def _produce(producer: Producer, record: OutRecord) -> None:
+    headers: list[tuple[str, str | bytes | None]] = list(record.headers)
+    while True:
         try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._transaction(producer, tp, records, next_offset)
-        except ProducerFenced as exc:
-            await self._give_up(tp, producer)
-            raise PartitionLost(str(tp)) from exc
-        except (KafkaError, TimeoutError) as exc:
-            await self._give_up(tp, producer)
-            raise DependencyUnavailable(f"transaction for {tp} failed: {exc!r}") from exc
-
-    async def _give_up(self, tp: TopicPartition, producer: AIOKafkaProducer) -> None:
-        if self._producers.get(tp) is producer:
-            del self._producers[tp]
-        await self._kill(producer)
-
-    async def _transaction(
-        self,
-        producer: AIOKafkaProducer,
-        tp: TopicPartition,
-        records: Sequence[OutRecord],
-        next_offset: int,
-    ) -> None:
-        # Not `producer.transaction()`: on a timeout its exit awaits an abort that, with the
-        # broker gone, never returns. A failed transaction is left to the broker instead: the
-        # next producer with this transactional id completes or aborts it.
-        await producer.begin_transaction()
-        sent: list[asyncio.Future[Any]] = []
-        try:
-            for r in records:
-                sent.append(await producer.send(r.topic, r.value, key=r.key, headers=r.headers))
-            await producer.send_offsets_to_transaction({tp: next_offset}, self._group_id)
-            await asyncio.gather(*sent)
-            await producer.commit_transaction()
-        except BaseException:
-            for future in sent:  # their errors are this one; nobody else will read them
-                future.add_done_callback(_quiet)
-            raise
-
-
-def _quiet(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+            producer.produce(record.topic, record.value, record.key, headers=headers)
+            return
+        except BufferError:  # the local queue is full: let deliveries drain it
+            producer.poll(0.05)

@@ -1,42 +1,49 @@
-"""`ingest-worker worker`: the consumer-group loop around the pipeline and the sinks.
+"""`ingest-worker worker`: the consumer-group loop around the pipeline and the sink.
 
-Per poll batch: process (decode, validate, resolve in one PostgreSQL transaction, encode),
-then per partition emit and commit offsets in one Kafka transaction. A broken dependency puts
-the batch back (seek) and backs off; nothing is committed or skipped. SIGTERM finishes the
-batch in hand, then leaves the group.
+Per poll batch: process (decode, validate, resolve in one PostgreSQL transaction, encode) and
+queue the outputs in the open Kafka transaction; every commit interval, the transaction
+commits with the consumed offsets (KIP-447) on the sink's thread while the next batch is
+polled and processed. A broken dependency aborts the open transaction and puts everything
+since the last commit back (seek to the committed offsets), then backs off; nothing is
+committed or skipped. SIGTERM finishes and commits the batch in hand, then leaves the group.
+librdkafka's blocking consumer calls run on one thread of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
+import operator
+import os
 import random
 import signal
+import socket
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import CorruptRecordException, IllegalStateError, KafkaError
-from aiokafka.structs import TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ingest_worker import pipeline, resolve, supervise
+from ingest_worker import pipeline, rdkafka, resolve, supervise
 from ingest_worker.catalog import Catalog, follow_changes
 from ingest_worker.config import Settings
-from ingest_worker.decode import Source
+from ingest_worker.decode import Headers, Source
 from ingest_worker.errors import ConfigError, DependencyUnavailable
 from ingest_worker.limits import max_message_bytes
 from ingest_worker.metrics import CONTENT_TYPE, WorkerMetrics
+from ingest_worker.offsets import Offsets, Partition, Unsettled
 from ingest_worker.pipeline import InRecord, Policy, Topics
-from ingest_worker.sink import PartitionLost, PartitionSinks
+from ingest_worker.sink import Sink, producer_config
 
 log = logging.getLogger(__name__)
 
-Batch = dict[TopicPartition, list[Any]]
+T = TypeVar("T")
 MIN_OUTPUT_RECORD_BYTES = 4096
 PURGE_INTERVAL_S = 60.0
 
@@ -46,123 +53,284 @@ def backoff_s(attempt: int, cap_s: float, jitter: float) -> float:
     return min(cap_s, 0.1 * 2.0 ** min(attempt, 16)) * (0.5 + jitter / 2)
 
 
-class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Producers follow partition ownership; a revocation waits for the batch in hand."""
+def transactional_id(settings: Settings, hostname: str, pid: int) -> str:
+    """The configured id, else one unique per live process (host and pid)."""
+    if settings.transactional_id:
+        return settings.transactional_id
+    return f"{settings.transactional_id_prefix}-{settings.group_id}-{hostname}-{pid}"
 
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
 
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        async with self._worker.lock:
-            await self._worker.sinks.close(revoked)
-        log.info("partitions revoked", extra={"partitions": sorted(str(tp) for tp in revoked)})
+def consumer_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """read_committed, offsets only ever committed in the sink's transactions, and the eager
+    protocol: a rebalance takes every partition back, so the open transaction is simply
+    aborted and each partition resumes from its committed offset."""
+    return {
+        **rdkafka.config(bootstrap, "ingest-worker", rdkafka.ErrorLog(log)),
+        "group.id": settings.group_id,
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 3_000,
+        "max.partition.fetch.bytes": 4 * 1024 * 1024,
+    }
 
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        log.info("partitions assigned", extra={"partitions": sorted(str(tp) for tp in assigned)})
-        async with self._worker.lock:
-            await self._worker.take_over()
+
+# Through a C call path that checks the result: a plain `message.headers()` call, once the
+# interpreter has specialised it, can return with an exception still pending.
+_headers_of = operator.methodcaller("headers")
+
+
+def in_record(message: Message) -> InRecord:
+    """What the pipeline needs of a consumed record. The client cannot turn a header name
+    that is not UTF-8 into text: reading the headers fails and leaves them unusable, so they
+    are replaced by none and the record is read as one with unreadable headers."""
+    headers: Headers | None
+    try:
+        headers = cast(Headers, _headers_of(message) or [])
+    except (SystemError, UnicodeError):
+        message.set_headers([])
+        headers = None
+    _, timestamp_ms = message.timestamp()
+    return InRecord(
+        Source(str(message.topic()), int(message.partition() or 0), int(message.offset() or 0)),
+        message.value(),
+        headers,
+        timestamp_ms,
+    )
 
 
 class Worker:
-    """One consumer-group member: its consumer, sinks, database pool and catalog."""
+    """One consumer-group member: its consumer, sink, database pool and catalog."""
 
     def __init__(
         self,
         settings: Settings,
-        consumer: AIOKafkaConsumer,
-        sinks: PartitionSinks,
+        consumer: Consumer,
+        sink: Sink,
         pool: AsyncConnectionPool[Any],
         catalog: Catalog,
         metrics: WorkerMetrics,
         topics: Topics | None = None,
     ) -> None:
-        self.settings, self.consumer, self.sinks = settings, consumer, sinks
+        self.settings, self.consumer, self.sink = settings, consumer, sink
         self.pool, self.catalog, self.metrics = pool, catalog, metrics
-        self.lock = asyncio.Lock()
         self.topics = topics or Topics(settings.accepted_topic, settings.rejected_topic)
         self.policy = Policy(settings.idempotency_ttl_s, settings.max_auto_devices)
-        self._failures = self._takeover_failures = 0
-        # Per owned partition, the first offset not yet committed: anything fetched below it
-        # (a replay after a rewind) is dropped, never processed twice.
-        self._next: dict[TopicPartition, int] = {}
-        self._taken: set[TopicPartition] = set()  # taken over since the last fetch
+        self.offsets = Offsets()
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, "kafka-consumer")
+        self._committing: asyncio.Future[None] | None = None
+        self._committing_offsets: dict[Partition, int] = {}
+        self._commit_started = 0.0
+        self._rebalanced = self._resume_needed = False
+        self._failures = 0
         self._purge_due = 0.0
+        self._stop = asyncio.Event()
+
+    # -- the consumer's thread: librdkafka calls, and the rebalance callbacks they run --
+
+    async def on_consumer(self, call: Callable[[], T]) -> T:
+        """Run a consumer call on the consumer's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(
+            [self.settings.raw_topic],
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._revoked,
+        )
+
+    def _assigned(self, _: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": _names(partitions)})
+
+    def _revoked(self, _: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions change hands: what the open transaction holds is aborted (the next
+        owner, or we, start from the committed offsets)."""
+        self.sink.settle_blocking()
+        self._rebalanced = True
+        log.info("partitions revoked", extra={"partitions": _names(partitions)})
+
+    # -- the loop --
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll and handle batches until `stop` is set."""
+        """Poll and handle batches until `stop` is set; then commit what is processed."""
+        self._stop = stop
         while not stop.is_set():
-            try:
-                batch = await self.consumer.getmany(
-                    timeout_ms=self.settings.worker_poll_timeout_ms,
-                    max_records=self.settings.worker_batch_max_records,
-                )
-            except Exception as exc:  # the client could not read what it fetched
-                await self._fetch_failed(exc)
-                continue
-            async with self.lock:
-                if await self.take_over():
-                    self._takeover_failures = 0
-                else:
-                    self._takeover_failures += 1
-                    self.metrics.set_dependencies_up(False)
-                    await asyncio.sleep(self._backoff_s(self._takeover_failures))
-                await self.handle(self._fresh(batch))
+            await self.step()
             await self._purge_claims(time.monotonic())
+        await self.finish()
 
-    async def _fetch_failed(self, exc: Exception) -> None:
-        """The Kafka client failed to hand over fetched records (aiokafka cannot read a
-        record whose header key is not UTF-8, and fails the whole fetch). It may have moved
-        other partitions past records it never handed over, so every owned partition goes
-        back to its first uncommitted offset; then the partition that fails is found and
-        paused, so the others go on. It stays paused while this worker owns it."""
+    async def step(self) -> None:
+        """One poll: process what came, queue it, commit when the interval is up."""
+        messages = await self.on_consumer(
+            functools.partial(
+                self.consumer.consume,
+                self.settings.worker_batch_max_records,
+                self.settings.worker_poll_timeout_ms / 1000,
+            )
+        )
+        if self._rebalanced:  # the open transaction is gone; each partition resumes from the
+            self._rebalanced = False  # committed offset by itself
+            self.offsets.reassigned()
+        if self._resume_needed:  # what came was fetched before the seek back: it comes again
+            await self._resume()
+            return
+        records = self._fresh(messages)
+        started = time.perf_counter()
+        try:
+            outcome = await self.process(records) if records else None
+        except DependencyUnavailable as exc:
+            await self._recover("postgres", exc)
+            return
+        if not await self._settled():
+            return
+        if outcome is not None:
+            if not await self._queue(records, outcome):
+                return
+            self._observe(records, outcome, time.perf_counter() - started)
+        if self.offsets.due(
+            time.monotonic(),
+            self.settings.worker_commit_interval_ms / 1000,
+            self.settings.worker_txn_max_records,
+        ):
+            await self._commit_soon()
+
+    async def process(self, records: list[InRecord]) -> pipeline.Outcome:
+        """One output record per input record, in order."""
+        return await pipeline.process(records, self.pool, self.catalog, self.topics, self.policy)
+
+    def _fresh(self, messages: list[Message]) -> list[InRecord]:
+        """The records to process: consumer errors logged, replays below the next offset
+        dropped."""
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._consumer_error(error)
+                continue
+            record = in_record(message)
+            tp = Partition(record.source.topic, record.source.partition)
+            if self.offsets.fresh(tp, record.source.offset):
+                records.append(record)
+        return records
+
+    def _consumer_error(self, error: Any) -> None:
+        if error.fatal():
+            raise DependencyUnavailable(f"the consumer failed for good: {error}")
         self.metrics.retries.labels("fetch").inc()
+        log.warning("kafka consumer error", extra={"error": str(error)})
+
+    async def _queue(self, records: list[InRecord], outcome: pipeline.Outcome) -> bool:
+        """Put a batch's outputs in the open transaction; False if it had to be put back."""
+        try:
+            await self.sink.ensure()
+            self.sink.send(outcome.records)
+        except DependencyUnavailable as exc:
+            await self._recover("kafka", exc)
+            return False
+        last = {Partition(r.source.topic, r.source.partition): r.source.offset for r in records}
+        self.offsets.processed(last, len(records), time.monotonic())
+        return True
+
+    async def _commit_soon(self) -> None:
+        """Start committing the open transaction; the loop goes on meanwhile."""
+        try:
+            group = await self.on_consumer(self.consumer.consumer_group_metadata)
+        except KafkaException as exc:  # not a member of the group now
+            await self._recover("kafka", exc)
+            return
+        self._commit_started = time.perf_counter()
+        self._committing_offsets = self.offsets.take_pending()
+        self._committing = self.sink.commit_soon(self._committing_offsets, group)
+
+    async def _settled(self) -> bool:
+        """Wait for the commit in flight; False if it failed (everything since the last
+        commit is then put back)."""
+        committing, self._committing = self._committing, None
+        if committing is None:
+            return True
+        try:
+            await committing
+        except DependencyUnavailable as exc:
+            await self._recover("kafka", exc)
+            return False
+        self.offsets.committed(self._committing_offsets)
+        self.metrics.commit_seconds.observe(time.perf_counter() - self._commit_started)
+        self._failures = 0
+        self.metrics.set_dependencies_up(True)
+        return True
+
+    async def finish(self) -> None:
+        """On the way out: settle the commit in flight and commit what is processed."""
+        if not await self._settled():
+            return
+        if self.offsets.pending:
+            await self._commit_soon()
+            await self._settled()
+
+    async def _recover(self, reason: str, exc: Exception) -> None:
+        """Abort the open transaction and back off; the next poll resumes (`_resume`)."""
+        self.metrics.retries.labels(reason).inc()
         self.metrics.set_dependencies_up(False)
         self._failures += 1
-        log.error("fetched records unreadable", extra={"error": repr(exc)[:500]})
-        self._rewind_all()
-        for tp in await self._unreadable_partitions():
-            log.error(
-                "partition paused: a record in it cannot be read", extra={"partition": str(tp)}
-            )
-            self._pause([tp])
-        self.metrics.unreadable.set(len(self.consumer.paused()))
-        self._rewind_all()
-        await asyncio.sleep(self._backoff_s(self._failures))
+        pause = self._backoff_s(self._failures)
+        log.warning(
+            "batch put back",
+            extra={"reason": reason, "error": str(exc), "retry_in_s": round(pause, 2)},
+        )
+        if self._committing is not None:  # its outcome shows in the committed offsets
+            with suppress(DependencyUnavailable):
+                await self._committing
+            self._committing = None
+        await self.sink.abort()
+        self.offsets.take_pending()  # aborted: never to be committed, even on the way out
+        self._resume_needed = True
+        await self._pause(pause)
 
-    def _rewind_all(self) -> None:
-        for tp, offset in list(self._next.items()):
-            if self.sinks.owns(tp):
-                self._seek(tp, offset)
+    async def _resume(self) -> None:
+        """Once a producer is back (starting one settles a transaction whose outcome was
+        unknown), seek every assigned partition back to the offset the broker holds. On
+        failure, back off and let the loop poll again: the consumer only rejoins its group
+        while it is polled."""
+        try:
+            await self.sink.ensure()
+            points = await self.on_consumer(self._rewind_blocking)
+        except (DependencyUnavailable, KafkaException, Unsettled) as err:
+            self._failures += 1
+            log.warning("cannot resume from the committed offsets yet", extra={"error": str(err)})
+            await self._pause(self._backoff_s(self._failures))
+            return
+        self.offsets.rewind(points)
+        self._resume_needed = False
+        log.info(
+            "resuming from the committed offsets",
+            extra={"offsets": {f"{tp.topic}-{tp.partition}": o for tp, o in points.items()}},
+        )
 
-    async def _unreadable_partitions(self) -> list[TopicPartition]:
-        """Fetch each owned partition alone (the others paused) and return those that fail."""
-        owned = [tp for tp in self._next if self.sinks.owns(tp)]
-        already = self.consumer.paused()
-        failing = []
-        for tp in owned:
-            if tp in already:
-                continue
-            self._pause(owned)
-            self._resume([tp])
-            try:
-                await self.consumer.getmany(tp, timeout_ms=self.settings.worker_poll_timeout_ms * 5)
-            except (UnicodeError, CorruptRecordException):  # its data, not a passing fault
-                failing.append(tp)
-            except KafkaError as exc:
-                log.warning(
-                    "partition probe failed", extra={"partition": str(tp), "error": repr(exc)}
-                )
-        self._resume([tp for tp in owned if tp not in already and tp not in failing])
-        return failing
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the worker is asked to stop."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
-    def _pause(self, partitions: list[TopicPartition]) -> None:
-        """Pause those still assigned (a rebalance can land during any await)."""
+    def _rewind_blocking(self) -> dict[Partition, int]:
+        """Seek every assigned partition back to where it resumes (`Offsets.resume_points`,
+        from the broker's committed offsets); return those points."""
         assigned = self.consumer.assignment()
-        self.consumer.pause(*(tp for tp in partitions if tp in assigned))
-
-    def _resume(self, partitions: list[TopicPartition]) -> None:
-        assigned = self.consumer.assignment()
-        self.consumer.resume(*(tp for tp in partitions if tp in assigned))
+        if not assigned:
+            return {}
+        answers = {}
+        for tp in self.consumer.committed(assigned, timeout=self.settings.kafka_timeout_s):
+            if tp.error is not None:
+                raise DependencyUnavailable(f"no committed offset for {tp}: {tp.error}")
+            answers[Partition(tp.topic, tp.partition)] = tp.offset
+        points = self.offsets.resume_points(answers)
+        for part, offset in points.items():
+            with suppress(KafkaException):  # revoked meanwhile: its next owner resumes it
+                self.consumer.seek(TopicPartition(part.topic, part.partition, offset))
+        return points
 
     async def _purge_claims(self, now: float) -> None:
         """Now and then, delete expired Idempotency-Key claims (any replica may; a failure
@@ -182,144 +350,35 @@ class Worker:
     def _backoff_s(self, failures: int) -> float:
         return backoff_s(failures, self.settings.backoff_max_s, random.random())  # noqa: S311
 
-    def _fresh(self, batch: Batch) -> Batch:
-        """The part of a fetched batch that is ours and not yet committed. A partition taken
-        over since the fetch gives nothing: its records may predate the seek to the committed
-        offset (then keeping those above it would skip the gap), so it is sought there again
-        and fetched anew."""
-        fresh: Batch = {}
-        for tp, records in batch.items():
-            if not self.sinks.owns(tp) or tp not in self._next:
-                continue
-            if tp in self._taken:
-                self._seek(tp, self._next[tp])
-                continue
-            kept = [r for r in records if r.offset >= self._next[tp]]
-            if kept:
-                fresh[tp] = kept
-        self._taken.clear()
-        return fresh
-
-    async def take_over(self) -> bool:
-        """For each assigned partition without a producer: start one (which fences the previous
-        owner and ends its open transaction), then re-read the committed offset, which is only
-        now final, and resume from it. False if some partition could not be taken yet."""
-        done = True
-        for tp in sorted(self.consumer.assignment() - self.sinks.owned()):
-            try:
-                await self.sinks.open([tp])
-                async with asyncio.timeout(self.settings.kafka_timeout_s):
-                    committed = await self.consumer.committed(tp)
-                    if committed is None:
-                        committed = (await self.consumer.beginning_offsets([tp]))[tp]
-            except (DependencyUnavailable, KafkaError, TimeoutError) as exc:
-                log.warning(
-                    "cannot take partition yet", extra={"partition": str(tp), "error": repr(exc)}
-                )
-                await self.sinks.close([tp])
-                done = False
-                continue
-            if not self._seek(tp, committed):
-                await self.sinks.close([tp])  # revoked while we were taking it
-                continue
-            self._next[tp] = committed
-            self._taken.add(tp)
-        for tp in set(self._next) - self.sinks.owned():
-            del self._next[tp]
-        return done
-
-    async def handle(self, batch: Batch) -> None:
-        """Process and commit one batch; on a broken dependency, put it back and back off."""
-        if not batch:
-            return
-        started = time.perf_counter()
-        records = [_in_record(r) for rs in batch.values() for r in rs]
-        try:
-            outcome = await self.process(records)
-        except DependencyUnavailable as exc:
-            await self._retry_later(batch, "postgres", exc)
-            return
-        failed = await self._commit(batch, outcome.records)
-        if failed:
-            await self._retry_later(failed, "kafka", None)
-            return
-        self._failures = 0
-        self.metrics.set_dependencies_up(True)
-        self._observe(batch, outcome, time.perf_counter() - started)
-
-    async def process(self, records: list[InRecord]) -> pipeline.Outcome:
-        """One output record per input record, in order (the benchmark's baseline overrides
-        this to measure everything else)."""
-        return await pipeline.process(records, self.pool, self.catalog, self.topics, self.policy)
-
-    async def _commit(self, batch: Batch, outputs: list[Any]) -> Batch:
-        """Commit each partition's share; return the partitions that must be retried."""
-        shares, start = {}, 0
-        for tp, rs in batch.items():
-            shares[tp] = outputs[start : start + len(rs)]
-            start += len(rs)
-        results = await asyncio.gather(
-            *(self.sinks.commit(tp, shares[tp], batch[tp][-1].offset + 1) for tp in batch),
-            return_exceptions=True,
-        )
-        failed: Batch = {}
-        for tp, result in zip(batch, results, strict=True):
-            if result is None:
-                self._next[tp] = batch[tp][-1].offset + 1
-            elif isinstance(result, PartitionLost):
-                log.info("partition lost to another worker", extra={"partition": str(tp)})
-            elif isinstance(result, BaseException):
-                log.warning("commit failed", extra={"partition": str(tp), "error": repr(result)})
-                failed[tp] = batch[tp]
-        return failed
-
-    async def _retry_later(self, failed: Batch, reason: str, exc: Exception | None) -> None:
-        """Seek the failed partitions back to the batch's first offsets; pause, then go on. A
-        partition whose transaction failed is no longer owned: taking it over again finds
-        where to resume."""
-        for tp, rs in failed.items():
-            if self.sinks.owns(tp) and self._seek(tp, rs[0].offset):
-                self._next[tp] = rs[0].offset
-        self.metrics.retries.labels(reason).inc()
-        self.metrics.set_dependencies_up(False)
-        self._failures += 1
-        pause = self._backoff_s(self._failures)
-        log.warning(
-            "batch put back",
-            extra={"reason": reason, "error": str(exc or ""), "retry_in_s": round(pause, 2)},
-        )
-        await asyncio.sleep(pause)
-
-    def _seek(self, tp: TopicPartition, offset: int) -> bool:
-        """Move the consumer's position; False if `tp` was revoked meanwhile (a rebalance can
-        land during any await)."""
-        try:
-            self.consumer.seek(tp, offset)
-        except IllegalStateError:
-            return False
-        return True
-
-    def _observe(self, batch: Batch, outcome: pipeline.Outcome, elapsed_s: float) -> None:
+    def _observe(
+        self, records: list[InRecord], outcome: pipeline.Outcome, elapsed_s: float
+    ) -> None:
         for (kind, code), count in outcome.counts.items():
             self.metrics.records.labels(kind, code).inc(count)
         self.metrics.batch_records.observe(len(outcome.records))
         self.metrics.batch_seconds.observe(elapsed_s)
-        assigned = self.consumer.assignment()
-        for tp, rs in batch.items():
-            highwater = self.consumer.highwater(tp) if tp in assigned else None
-            if highwater is not None:
-                self.metrics.lag.labels(str(tp.partition)).set(
-                    max(0, highwater - rs[-1].offset - 1)
+        last = {(r.source.topic, r.source.partition): r.source.offset for r in records}
+        for (topic, partition), offset in last.items():
+            with suppress(KafkaException):
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), cached=True
                 )
+                if high >= 0:
+                    self.metrics.lag.labels(str(partition)).set(max(0, high - offset - 1))
+
+    async def close(self) -> None:
+        """Leave the group (within the timeout) and stop the consumer's thread."""
+        try:
+            await asyncio.wait_for(
+                self.on_consumer(self.consumer.close), self.settings.kafka_timeout_s
+            )
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("consumer closed without leaving the group", extra={"error": str(exc)})
+        self._thread.shutdown(wait=False)
 
 
-def _in_record(record: Any) -> InRecord:
-    return InRecord(
-        Source(record.topic, record.partition, record.offset),
-        record.value,
-        record.headers,
-        record.timestamp,
-    )
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
 
 
 @asynccontextmanager
@@ -328,11 +387,10 @@ async def running(
     bootstrap: str,
     database_url: str,
     metrics: WorkerMetrics,
-    worker_class: type[Worker] = Worker,
-    sinks_class: type[PartitionSinks] = PartitionSinks,
+    sink_class: type[Sink] = Sink,
 ) -> AsyncIterator[Worker]:
-    """A started worker: pool, catalog listener, sinks and a subscribed consumer (the
-    classes are for the benchmark's baseline and the fault-injection tests)."""
+    """A started worker: pool, catalog listener, sink and a subscribed consumer (the sink
+    class is for the fault-injection tests)."""
     async with AsyncExitStack() as stack:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             database_url,
@@ -351,27 +409,23 @@ async def running(
         )
         stack.push_async_callback(_cancel, follower)
         topics = await output_topics(settings, bootstrap)
-        sinks = sinks_class(
-            bootstrap,
-            settings.group_id,
-            settings.transactional_id_prefix,
+        txn_id = transactional_id(settings, socket.gethostname(), os.getpid())
+        sink = sink_class(
+            producer_config(
+                bootstrap,
+                txn_id,
+                settings.kafka_timeout_s,
+                (topics.accepted_max_bytes, topics.rejected_max_bytes),
+            ),
             settings.kafka_timeout_s,
-            (topics.accepted_max_bytes, topics.rejected_max_bytes),
         )
-        stack.push_async_callback(sinks.close_all)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=settings.group_id,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            client_id="ingest-worker",
-        )
-        worker = worker_class(settings, consumer, sinks, pool, catalog, metrics, topics)
-        consumer.subscribe([settings.raw_topic], listener=Rebalance(worker))
-        await consumer.start()
-        stack.push_async_callback(_stop_consumer, consumer, settings.kafka_timeout_s)
+        await sink.ensure()
+        stack.push_async_callback(sink.close)
+        consumer = Consumer(consumer_config(settings, bootstrap))
+        worker = Worker(settings, consumer, sink, pool, catalog, metrics, topics)
+        await worker.on_consumer(worker.subscribe)
+        stack.push_async_callback(worker.close)
+        log.info("transactional producer ready", extra={"transactional_id": txn_id})
         yield worker
 
 
@@ -388,21 +442,6 @@ async def output_topics(settings: Settings, bootstrap: str) -> Topics:
             )
     accepted, rejected = names
     return Topics(accepted, rejected, limits[accepted], limits[rejected])
-
-
-async def _stop_consumer(consumer: AIOKafkaConsumer, timeout_s: float) -> None:
-    """Leave the group if the broker answers; never hang or crash the shutdown if not."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await consumer.stop()
-    except (KafkaError, TimeoutError) as exc:
-        log.warning("consumer stopped without leaving the group", extra={"error": repr(exc)})
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        # aiokafka's fetcher, closing with the broker gone, re-raises its own fetch task's
-        # cancellation; the consumer is stopped all the same.
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -1,98 +1,127 @@
-"""Transactions on the broker version we ship: commit, abort, offsets in the transaction,
-and fencing. aiokafka is not tested upstream against Kafka 4.x; these tests are the proof."""
+"""Transactions on the broker version we ship, with the worker's client (librdkafka): commit,
+abort, offsets in the transaction with the group's metadata (KIP-447), and fencing, both by
+transactional id and by group generation."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+import uuid
+from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-from aiokafka.structs import TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from tests.integration.conftest import RUN_ID, NewTopicFactory
 
 
-async def _read_all(bootstrap: str, topic: str, isolation: str, expect: int) -> list[bytes]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        isolation_level=isolation,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+def _read_all(bootstrap: str, topic: str, isolation: str, expect: int) -> list[bytes]:
+    """Every value of the topic (one partition) as the isolation level shows it."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "isolation.level": isolation,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
     )
-    await consumer.start()
+    consumer.assign([TopicPartition(topic, 0, 0)])
     values: list[bytes] = []
     try:
-        deadline = asyncio.get_running_loop().time() + 20
-        while len(values) < expect and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            values += [msg.value for msgs in batch.values() for msg in msgs]
+        deadline = time.monotonic() + 20
+        while len(values) < expect and time.monotonic() < deadline:
+            values += [m.value() or b"" for m in consumer.consume(100, 0.5) if not m.error()]
         # One more short poll: anything beyond `expect` must show up too.
-        extra = await consumer.getmany(timeout_ms=1000)
-        values += [msg.value for msgs in extra.values() for msg in msgs]
+        values += [m.value() or b"" for m in consumer.consume(100, 1.0) if not m.error()]
     finally:
-        await consumer.stop()
+        consumer.close()
     return values
 
 
+def _producer(bootstrap: str, transactional_id: str) -> Producer:
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": transactional_id})
+    producer.init_transactions(30)
+    return producer
+
+
 @pytest.fixture
-async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+def producer(kafka_bootstrap: str) -> Producer:
     """A transactional producer with an id unique to the test."""
-    prod = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{RUN_ID}-{id(object())}"
+    return _producer(kafka_bootstrap, f"tx-{RUN_ID}-{uuid.uuid4().hex}")
+
+
+def _commit_with_offsets(producer: Producer, offsets: list[TopicPartition], group: Any) -> None:
+    producer.send_offsets_to_transaction(offsets, group, 30)
+    producer.commit_transaction(30)
+
+
+def _member(bootstrap: str, group: str, topic: str) -> Consumer:
+    """A member of `group` that owns `topic` (one partition) once this returns."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+        }
     )
-    await prod.start()
-    yield prod
-    await prod.stop()
+    assigned: list[Any] = []
+    consumer.subscribe([topic], on_assign=lambda _, parts: assigned.extend(parts))
+    deadline = time.monotonic() + 30
+    while not assigned and time.monotonic() < deadline:
+        consumer.consume(1, 0.2)
+    assert assigned, "never assigned"
+    return consumer
 
 
 async def test_read_committed_sees_committed_not_aborted(
-    kafka_bootstrap: str, new_topic: NewTopicFactory, producer: AIOKafkaProducer
+    kafka_bootstrap: str, new_topic: NewTopicFactory, producer: Producer
 ) -> None:
     """A read_committed consumer gets committed records only; read_uncommitted gets both."""
     topic = await new_topic(partitions=1)
-    async with producer.transaction():
-        await producer.send(topic, b"committed-1")
-    await producer.begin_transaction()
-    await producer.send(topic, b"aborted")
-    await producer.abort_transaction()
-    async with producer.transaction():
-        await producer.send(topic, b"committed-2")
+    for value, commit in ((b"committed-1", True), (b"aborted", False), (b"committed-2", True)):
+        producer.begin_transaction()
+        producer.produce(topic, value)
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.flush(30)
+            producer.abort_transaction(30)
 
-    committed = await _read_all(kafka_bootstrap, topic, "read_committed", 2)
-    everything = await _read_all(kafka_bootstrap, topic, "read_uncommitted", 3)
+    committed = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, "read_committed", 2)
+    everything = await asyncio.to_thread(_read_all, kafka_bootstrap, topic, "read_uncommitted", 3)
 
     assert committed == [b"committed-1", b"committed-2"]
     assert sorted(everything) == [b"aborted", b"committed-1", b"committed-2"]
 
 
 async def test_offsets_commit_with_the_output(
-    kafka_bootstrap: str, new_topic: NewTopicFactory, producer: AIOKafkaProducer
+    kafka_bootstrap: str, new_topic: NewTopicFactory, producer: Producer
 ) -> None:
-    """Offsets sent in a transaction are committed when it commits, and not when it aborts."""
+    """Offsets sent in a transaction with the group's metadata are committed when it commits,
+    and not when it aborts."""
     source, sink = await new_topic(partitions=1), await new_topic(partitions=1)
-    group = f"group-{RUN_ID}-offsets"
-    tp = TopicPartition(source, 0)
-
-    await producer.begin_transaction()
-    await producer.send(sink, b"lost")
-    await producer.send_offsets_to_transaction({tp: 7}, group)
-    await producer.abort_transaction()
-    async with producer.transaction():
-        await producer.send(sink, b"kept")
-        await producer.send_offsets_to_transaction({tp: 3}, group)
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
+    member = await asyncio.to_thread(_member, kafka_bootstrap, f"group-{RUN_ID}-{source}", source)
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
+        group = member.consumer_group_metadata()
+        producer.begin_transaction()
+        producer.produce(sink, b"lost")
+        producer.send_offsets_to_transaction([TopicPartition(source, 0, 7)], group, 30)
+        producer.abort_transaction(30)
+        producer.begin_transaction()
+        producer.produce(sink, b"kept")
+        producer.send_offsets_to_transaction([TopicPartition(source, 0, 3)], group, 30)
+        producer.commit_transaction(30)
+        (committed,) = member.committed([TopicPartition(source, 0)], timeout=30)
     finally:
-        await admin.close()
-    assert offsets[tp].offset == 3
-    assert await _read_all(kafka_bootstrap, sink, "read_committed", 1) == [b"kept"]
+        member.close()
+    assert committed.offset == 3
+    assert await asyncio.to_thread(_read_all, kafka_bootstrap, sink, "read_committed", 1) == [
+        b"kept"
+    ]
 
 
 async def test_new_producer_with_same_id_fences_the_old(
@@ -101,19 +130,44 @@ async def test_new_producer_with_same_id_fences_the_old(
     """A second producer with the same transactional id fences the first: the zombie's open
     transaction is aborted and its next commit fails."""
     topic = await new_topic(partitions=1)
-    tx_id = f"tx-{RUN_ID}-fencing"
-    zombie = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=tx_id)
-    await zombie.start()
-    await zombie.begin_transaction()
-    await zombie.send_and_wait(topic, b"from-zombie")
+    tx_id = f"tx-{RUN_ID}-fencing-{uuid.uuid4().hex}"
+    zombie = _producer(kafka_bootstrap, tx_id)
+    zombie.begin_transaction()
+    zombie.produce(topic, b"from-zombie")
+    zombie.flush(30)
 
-    successor = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=tx_id)
-    await successor.start()
-    async with successor.transaction():
-        await successor.send(topic, b"from-successor")
+    successor = _producer(kafka_bootstrap, tx_id)
+    successor.begin_transaction()
+    successor.produce(topic, b"from-successor")
+    successor.commit_transaction(30)
 
-    with pytest.raises(KafkaError):
-        await zombie.commit_transaction()
-    await asyncio.gather(zombie.stop(), successor.stop(), return_exceptions=True)
+    with pytest.raises(KafkaException):
+        zombie.commit_transaction(30)
+    assert await asyncio.to_thread(_read_all, kafka_bootstrap, topic, "read_committed", 1) == [
+        b"from-successor"
+    ]
 
-    assert await _read_all(kafka_bootstrap, topic, "read_committed", 1) == [b"from-successor"]
+
+async def test_a_stale_group_generation_cannot_commit_offsets(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, producer: Producer
+) -> None:
+    """KIP-447: a member that lost its partitions to a rebalance cannot commit offsets with
+    its old group metadata; the transaction must abort, so its outputs never show."""
+    source, sink = await new_topic(partitions=1), await new_topic(partitions=1)
+    group_id = f"group-{RUN_ID}-{source}"
+    first = await asyncio.to_thread(_member, kafka_bootstrap, group_id, source)
+    stale = first.consumer_group_metadata()
+    first.close()  # leaves the group: the next member starts a new generation
+    second = await asyncio.to_thread(_member, kafka_bootstrap, group_id, source)
+    try:
+        producer.begin_transaction()
+        producer.produce(sink, b"from-the-old-generation")
+        with pytest.raises(KafkaException) as failed:
+            _commit_with_offsets(producer, [TopicPartition(source, 0, 5)], stale)
+        assert failed.value.args[0].txn_requires_abort() or failed.value.args[0].fatal()
+        producer.abort_transaction(30)
+        (committed,) = second.committed([TopicPartition(source, 0)], timeout=30)
+    finally:
+        second.close()
+    assert committed.offset < 0
+    assert await asyncio.to_thread(_read_all, kafka_bootstrap, sink, "read_committed", 0) == []

@@ -6,23 +6,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError
-from aiokafka.structs import TopicPartition
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition as AioTopicPartition
+from confluent_kafka import TopicPartition
 
 from ingest_worker.config import Settings
 from ingest_worker.devstack.kafka import local_broker
 from ingest_worker.devstack.proc import free_port
 from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.encode import OutRecord
 from ingest_worker.metrics import WorkerMetrics
-from ingest_worker.sink import PartitionSinks
+from ingest_worker.sink import Sink, TransactionFailed
 from ingest_worker.worker import running
 from tests.integration.apiserver import running_api
 from tests.integration.conftest import RUN_ID
@@ -40,38 +40,32 @@ from tests.integration.worker_env import (
 )
 
 
-class OutcomeLostSinks(PartitionSinks):
-    """Per partition, the first transaction commits and the second is left open with a
-    record written, and the worker is told both failed: a connection lost at the last moment,
-    when only the broker knows how the transaction ended."""
+class OutcomeLostSink(Sink):
+    """The first transaction commits and the second is left open with a record written, and
+    the worker is told both failed with their outcome unknown: what the sink reports when
+    librdkafka still calls a commit retriable at the deadline (a connection lost at the last
+    moment, when only the broker knows how the transaction ended)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.attempts: Counter[TopicPartition] = Counter()
+        self.attempts = 0
 
-    async def _transaction(
-        self,
-        producer: AIOKafkaProducer,
-        tp: TopicPartition,
-        records: Sequence[OutRecord],
-        next_offset: int,
-    ) -> None:
-        self.attempts[tp] += 1
-        if self.attempts[tp] == 1:
-            await super()._transaction(producer, tp, records, next_offset)
-            await self._fail("injected: committed, but the answer was lost")
-        if self.attempts[tp] == 2:
-            await producer.begin_transaction()
-            first = records[0]
-            await (await producer.send(first.topic, first.value, key=first.key))
-            await self._fail("injected: lost in the middle of the transaction")
-        await super()._transaction(producer, tp, records, next_offset)
+    def _commit_blocking(self, offsets: list[TopicPartition], group: object) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            super()._commit_blocking(offsets, group)
+            self._lost("injected: committed, but the answer was lost")
+        if self.attempts == 2:
+            self._lost("injected: lost in the middle of the transaction")
+        super()._commit_blocking(offsets, group)
 
-    async def _fail(self, why: str) -> None:
-        """Fail the way a timeout would: late, so the consumer has already fetched what
-        follows the batch."""
-        await asyncio.sleep(0.5)
-        raise KafkaConnectionError(why)
+    def _lost(self, why: str) -> None:
+        """Fail the way a timeout would: late (the consumer has fetched what follows), and
+        with the producer given up, as the sink does when an outcome is unknown."""
+        time.sleep(0.5)
+        with self._lock:
+            self._drop()
+        raise TransactionFailed(why)
 
 
 async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
@@ -81,7 +75,9 @@ async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
     or may still be open (then it must be aborted, not left to hold back read_committed
     readers): the worker takes the partition again and resumes from the committed offset,
     never from records it fetched before that, so every event comes out exactly once."""
-    own = fresh_settings(settings, worker_batch_max_records=50, backoff_max_s=0.5)
+    own = fresh_settings(
+        settings, worker_batch_max_records=50, worker_commit_interval_ms=0, backoff_max_s=0.5
+    )
     await ensure_topics(kafka_bootstrap, own, partitions=1)  # each batch follows the last
     async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
         integration_id, type_id = await integration_with_type(
@@ -91,7 +87,7 @@ async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
         ids = await import_events(client, integration_id, events)
     metrics, stop = WorkerMetrics(), asyncio.Event()
     async with running(
-        own, kafka_bootstrap, api_database, metrics, sinks_class=OutcomeLostSinks
+        own, kafka_bootstrap, api_database, metrics, sink_class=OutcomeLostSink
     ) as worker:
         task = asyncio.create_task(worker.run(stop))
         try:
@@ -99,8 +95,8 @@ async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
         finally:
             stop.set()
             await task
-        assert isinstance(worker.sinks, OutcomeLostSinks)
-        (attempts,) = worker.sinks.attempts.values()
+        assert isinstance(worker.sink, OutcomeLostSink)
+        attempts = worker.sink.attempts
     assert attempts >= 3  # both faults, then commits
     counts = Counter(len(found.get(i.encode(), [])) for i in ids)
     assert counts == {1: len(ids)}, counts
@@ -126,7 +122,9 @@ async def _stable_offsets(bootstrap: str, topics: list[str]) -> dict[str, tuple[
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level=isolation)
         await consumer.start()
         try:
-            tps = [TopicPartition(t, p) for t in topics for p in await partitions_of(bootstrap, t)]
+            tps = [
+                AioTopicPartition(t, p) for t in topics for p in await partitions_of(bootstrap, t)
+            ]
             for tp, offset in (await consumer.end_offsets(tps)).items():
                 ends.setdefault(f"{tp.topic}-{tp.partition}", []).append(offset)
         finally:
@@ -156,7 +154,7 @@ async def test_kafka_outage_mid_stream_loses_and_duplicates_nothing(
             await until_some_output(bootstrap, own, at_least=300)
             with _frozen(work):
                 await until_logged(log, "batch put back")
-                await until_logged(log, "cannot take partition yet")
+                await until_logged(log, "cannot resume from the committed offsets yet")
             found = await outputs_by_id(bootstrap, own, ids, timeout_s=180)
             offsets = await _stable_offsets(bootstrap, [own.accepted_topic, own.rejected_topic])
             assert worker.poll() is None  # it recovered in place

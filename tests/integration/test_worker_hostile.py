@@ -18,9 +18,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ingest_worker.config import Settings
+from ingest_worker.decode import Source, fallback_event_id
 from tests.integration.apiserver import running_api
 from tests.integration.kafka_read import header, read_topics
 from tests.integration.pipeline_env import Pipeline, collect, fresh_settings, running_worker
+from tests.integration.record_batch import record_batch
 from tests.integration.worker_env import event_body, integration_with_type
 
 SCHEMA = {
@@ -316,41 +318,32 @@ async def test_a_record_the_database_refuses_is_rejected_alone(
     ] * 2
 
 
-class _UnreadableKey(str):
-    """A header name whose bytes on the wire are not UTF-8 (no client sends one on purpose;
-    a crafted producer can)."""
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return b"\xff\xfe-integration-id"
-
-
 async def produce_unreadable_header_key(bootstrap: str, topic: str, partition: int) -> None:
-    """Write one record whose header key is not UTF-8 to `partition`, with Kafka's own produce
-    request (aiokafka's pure-Python batch builder writes the key's bytes as given)."""
+    """Write one record whose header name is not UTF-8 to `partition`: a hand-built record
+    batch in Kafka's own produce request."""
+    from aiokafka.client import AIOKafkaClient
     from aiokafka.protocol.produce import ProduceRequest
-    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
     from aiokafka.structs import TopicPartition
 
-    builder = _DefaultRecordBatchBuilderPy(2, 0, 0, -1, -1, -1, 1 << 20)
-    builder.append(0, timestamp=None, key=None, value=b"{}", headers=[(_UnreadableKey("k"), b"1")])
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
+    batch = record_batch(b"{}", [(b"\xff\xfe-integration-id", b"1")])
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
     try:
-        await producer.partitions_for(topic)
-        leader = producer.client.cluster.leader_for_partition(TopicPartition(topic, partition))
-        request = ProduceRequest(None, -1, 10_000, [(topic, [(partition, bytes(builder.build()))])])
-        answer = await producer.client.send(leader, request)
+        cluster = await client.fetch_all_metadata()
+        leader = cluster.leader_for_partition(TopicPartition(topic, partition))
+        answer = await client.send(
+            leader, ProduceRequest(None, -1, 10_000, [(topic, [(partition, batch)])])
+        )
         assert answer.topics[0][1][0][1] == 0, answer
     finally:
-        await producer.stop()
+        await client.close()
 
 
-async def test_an_unreadable_header_key_loses_nothing_on_other_partitions(
+async def test_an_unreadable_header_key_is_rejected_and_its_partition_goes_on(
     settings: Settings, kafka_bootstrap: str, api_database: str
 ) -> None:
-    """aiokafka cannot hand over a fetch holding a header key that is not UTF-8, so that
-    partition waits (a known limit, in the README); the worker stays up and the events of
-    the other partition come out exactly once."""
+    """A record whose header name is not UTF-8 (the Kafka client cannot read its headers) is
+    rejected `invalid_request`; every event around it, on its partition too, comes out once."""
     async with pipeline_on(settings, kafka_bootstrap, api_database, partitions=3) as env:
         integration_id, type_id = await integration_with_type(env.client, SCHEMA, "{store}")
         value = json.dumps(event_body(type_id, {"store": "S"})).encode()
@@ -364,7 +357,7 @@ async def test_an_unreadable_header_key_loses_nothing_on_other_partitions(
                     await producer.send(
                         env.settings.raw_topic,
                         value,
-                        partition=(0, 2)[n % 2],
+                        partition=n % 3,
                         headers=[("integration-id", iid), ("event-id", event_id.encode())],
                     )
                     for n, event_id in enumerate(ids[round_ * 200 : (round_ + 1) * 200])
@@ -374,5 +367,10 @@ async def test_an_unreadable_header_key_loses_nothing_on_other_partitions(
                     await produce_unreadable_header_key(env.bootstrap, env.settings.raw_topic, 1)
         finally:
             await producer.stop()
-        out = await env.outputs(ids)
+        bad = fallback_event_id(
+            Source(env.settings.raw_topic, 1, sum(1 for n in range(200) if n % 3 == 1))
+        )
+        out = await env.outputs([*ids, bad])
     assert [codes(out[i]) for i in ids] == [["accepted"]] * 600
+    assert codes(out[bad]) == ["invalid_request"]
+    assert out[bad][0][1]["error"]["details"][0]["field"] == "headers"

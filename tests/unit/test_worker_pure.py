@@ -1,13 +1,20 @@
-"""The worker's pure helpers: backoff, the catalog's change handling, transactional ids."""
+"""The worker's pure helpers: backoff, the catalog's change handling, transactional ids,
+librdkafka's error classes, the per-partition offsets, and reading a consumed record."""
 
 from __future__ import annotations
 
-from aiokafka.structs import TopicPartition
+import dataclasses
+
+import pytest
+from confluent_kafka import KafkaError, Message
 
 from ingest_worker.catalog import Catalog
+from ingest_worker.config import Settings
+from ingest_worker.decode import Rejection, decode
+from ingest_worker.offsets import Offsets, Partition, Unsettled
 from ingest_worker.resolve import auto_name
-from ingest_worker.sink import transactional_id
-from ingest_worker.worker import backoff_s
+from ingest_worker.sink import error_class
+from ingest_worker.worker import backoff_s, in_record, transactional_id
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -36,27 +43,74 @@ def test_catalog_entries_expire() -> None:
     assert list(catalog.integrations) == [2]
 
 
-def test_transactional_id_names_group_topic_and_partition() -> None:
-    """One transactional id per input partition, so the next owner fences the last."""
-    assert transactional_id("iw", "g", TopicPartition("raw", 3)) == "iw-g-raw-3"
+def test_transactional_id_is_the_configured_one_else_unique_per_process() -> None:
+    """A configured id (stable per replica) wins; else host and pid make one per live
+    process, so two workers never fence each other."""
+    settings = Settings(group_id="g", transactional_id_prefix="iw")
+    assert transactional_id(settings, "host", 42) == "iw-g-host-42"
+    stable = dataclasses.replace(settings, transactional_id="worker-0")
+    assert transactional_id(stable, "host", 42) == "worker-0"
+
+
+def test_error_classes_follow_librdkafka() -> None:
+    """Fatal replaces the producer, abortable aborts, retriable retries; anything else
+    aborts the transaction rather than retrying it forever."""
+    assert error_class(KafkaError(KafkaError._FENCED, fatal=True)) == "fatal"
+    aborting = KafkaError(KafkaError.INVALID_PRODUCER_EPOCH, txn_requires_abort=True)
+    assert error_class(aborting) == "abort"
+    assert error_class(KafkaError(KafkaError._TIMED_OUT, retriable=True)) == "retry"
+    assert error_class(KafkaError(KafkaError._INVALID_ARG)) == "abort"
+
+
+def test_offsets_drop_replays_and_commit_by_time_or_size() -> None:
+    """A record below a partition's next offset is a replay; the open transaction is due
+    after the interval or at the record cap; a rewind resumes from the broker's offsets."""
+    offsets, tp = Offsets(), Partition("raw", 0)
+    assert offsets.fresh(tp, 0)
+    offsets.processed({tp: 9}, 10, now=100.0)
+    assert not offsets.fresh(tp, 9)
+    assert offsets.fresh(tp, 10)
+    assert not offsets.due(100.05, interval_s=0.1, max_records=50)
+    assert offsets.due(100.2, interval_s=0.1, max_records=50)
+    assert offsets.due(100.0, interval_s=10, max_records=10)
+    assert offsets.take_pending() == {tp: 10}
+    assert not offsets.due(1e9, interval_s=0.1, max_records=1)
+    offsets.processed({tp: 19}, 10, now=101.0)
+    offsets.rewind({tp: 10})
+    assert offsets.fresh(tp, 10)
+    assert offsets.pending == {}
+
+
+def test_resume_points_never_believe_a_broker_behind_what_it_holds() -> None:
+    """After a failed transaction a partition resumes from the broker's committed offset, but
+    an answer below an offset this worker committed (or none at all) is asked again; with no
+    commit ever, it resumes where it was first read, and one never read is left alone."""
+    offsets, a, b, c = Offsets(), Partition("raw", 0), Partition("raw", 1), Partition("raw", 2)
+    offsets.fresh(a, 5)
+    offsets.fresh(b, 7)
+    offsets.committed({a: 40})
+    assert offsets.resume_points({a: 55, b: -1001, c: -1001}) == {a: 55, b: 7}
+    with pytest.raises(Unsettled):
+        offsets.resume_points({a: -1001, b: 9})
+    with pytest.raises(Unsettled):
+        offsets.resume_points({a: 39})
+    offsets.reassigned()
+    assert offsets.resume_points({a: -1001}) == {}
+
+
+def test_a_record_whose_headers_cannot_be_read_is_rejected_not_fatal() -> None:
+    """Headers the client cannot read (a header name that is not UTF-8) make the record an
+    `invalid_request` rejection that names them; it never stops the partition."""
+    message = Message(topic="raw", partition=2, offset=7, value=b"{}", timestamp=(1, 5))
+    record = in_record(message)
+    assert record.headers == []
+    verdict = decode(record.source, record.value, None, record.timestamp_ms)
+    assert isinstance(verdict, Rejection)
+    assert verdict.code == "invalid_request"
+    assert verdict.details[0].field == "headers"
 
 
 def test_auto_created_device_names_fit_40_characters() -> None:
     """Auto-created devices are named after their external id, shortened to 40 characters."""
     assert auto_name("S1:3") == "S1:3"
     assert len(auto_name("x" * 255)) == 40
-
-
-def test_api_partitioner_matches_kafkas_default() -> None:
-    """The memoised partitioner sends every key where Kafka's default partitioner would."""
-    from aiokafka.partitioner import DefaultPartitioner
-
-    from ingest_worker.publish import partitioner
-
-    partitions = list(range(6))
-    for n in range(2000):
-        key = f"{n % 7}:device-{n}".encode()
-        assert partitioner(key, partitions, partitions) == DefaultPartitioner()(
-            key, partitions, partitions
-        )
-    assert partitioner(None, partitions, [3]) == 3

@@ -1,0 +1,245 @@
+"""End-to-end latency of `ingest-worker worker` at a steady rate, beside the librdkafka
+passthrough's (bench/baseline_worker.py): raw events produced at `--rate` per second for
+`--seconds` (after a 2 s warm-up that is not counted), each timed from its produce() call to
+the moment a read_committed reader of the output topic sees it. Also shown: the raw
+producer's own acknowledgement time (produce() to acks=all, the shim's 202) and the time from
+that acknowledgement to the reader, the part the contender adds.
+
+    INGEST_LOG_LEVEL=WARNING .venv/bin/python bench/latency.py [--rate 2000] [--seconds 20]
+        [--partitions 48]
+
+bench/worker.py runs it after its throughput runs. Each contender gets fresh topics with
+`--partitions`, a fresh event type and group; it starts first, and one probe event must come
+through before the clock starts. An event not seen within 30 s of the last produce counts as
+infinitely late. The raw producer is librdkafka's with acks=all and its default linger (5 ms).
+Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else started here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import subprocess
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from workload import (
+    PASSTHROUGH,
+    WORKER,
+    Contender,
+    Deliveries,
+    Scenario,
+    check_alive,
+    cpu_s,
+    produce,
+    raw_event,
+    running,
+    scenario,
+    stack,
+)
+
+from ingest_worker.config import Settings
+
+WARMUP_S = 2.0
+DRAIN_S = 30.0
+PROBE_S = 120.0
+READ_WAIT_S = 0.005
+
+UnderTest = tuple[subprocess.Popen[bytes], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """What one run measured; latencies in ms, the contender's CPU in seconds per second."""
+
+    name: str
+    sent: int
+    seen: int
+    p50_ms: float
+    p99_ms: float
+    ack_p99_ms: float
+    after_ack_p99_ms: float
+    cpu_share: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name:<12} {self.p50_ms:>9.1f} {self.p99_ms:>9.1f} {self.ack_p99_ms:>12.1f} "
+            f"{self.after_ack_p99_ms:>14.1f} {self.seen:>7}/{self.sent:<7} {self.cpu_share:>6.0%}"
+        )
+
+
+class Trial:
+    """The paced producer and the reader's sightings, driven from one loop."""
+
+    def __init__(self, scene: Scenario, producer: Producer, rate: float, seconds: float) -> None:
+        self.scene, self.producer, self.rate = scene, producer, rate
+        self.failed: list[KafkaError] = []
+        self.sent: dict[str, float] = {}
+        self.acked: dict[str, float] = {}
+        self.seen: dict[str, float] = {}
+        self.produced = 0
+        self.warmup = int(rate * WARMUP_S)
+        self.total = int(rate * (WARMUP_S + seconds))
+        self.start = time.monotonic()
+        self.end = self.start + WARMUP_S + seconds
+
+    def send_due(self, now: float) -> None:
+        due = min(self.total, int((now - self.start) * self.rate))
+        for n in range(self.produced, due):
+            event = raw_event(n, self.scene, int(time.time() * 1000))
+            if n >= self.warmup:
+                self.sent[event.event_id] = time.monotonic()
+            acked = functools.partial(self._acked, event.event_id)
+            produce(self.producer, self.scene.settings.raw_topic, event, acked)
+        self.produced = max(self.produced, due)
+        self.producer.poll(0)
+
+    def _acked(self, event_id: str, error: KafkaError | None, _record: Message) -> None:
+        if error is not None:
+            self.failed.append(error)
+        elif event_id in self.sent:
+            self.acked[event_id] = time.monotonic()
+
+    def read(self, reader: Consumer) -> None:
+        for record in reader.consume(1000, READ_WAIT_S):
+            now = time.monotonic()
+            event_id = _event_id(record)
+            if event_id in self.sent:
+                self.seen.setdefault(event_id, now)
+
+    def done(self, now: float) -> bool:
+        if self.produced < self.total:
+            return False
+        return len(self.seen) >= len(self.sent) or now > self.end + DRAIN_S
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--partitions", type=int, default=48)
+    args = parser.parse_args()
+    with stack("bench-latency") as settings:
+        runs = [
+            measure(settings, contender, args.partitions, args.rate, args.seconds)
+            for contender in (PASSTHROUGH, WORKER)
+        ]
+    print(heading(args.partitions, args.rate, args.seconds))
+    for run in runs:
+        print(run)
+
+
+def heading(partitions: int, rate: float, seconds: float) -> str:
+    return (
+        f"\nend to end at {rate:.0f} events/s for {seconds:.0f} s, {partitions} partitions, fresh "
+        "topics and group each; ms from produce() to a read_committed reader (target: worker "
+        f"p99 <= 300 ms)\n{'process':<12} {'p50':>9} {'p99':>9} {'raw ack p99':>12} "
+        f"{'ack->seen p99':>14} {'seen/sent':>15} {'CPU':>6}"
+    )
+
+
+def measure(
+    settings: Settings, contender: Contender, partitions: int, rate: float, seconds: float
+) -> Latency:
+    """One run of `contender` on fresh topics at `rate` events/s."""
+    scene = scenario(settings, partitions)
+    reader = _reader(scene, scene.settings.accepted_topic + contender.output_suffix)
+    producer = Producer({"bootstrap.servers": scene.bootstrap, "acks": "all", "linger.ms": 5})
+    try:
+        with running(contender, scene) as proc:
+            _probe(scene, producer, reader, (proc, contender.name))
+            cpu_before, before = cpu_s(proc.pid), time.monotonic()
+            trial = _drive(Trial(scene, producer, rate, seconds), reader, (proc, contender.name))
+            share = (cpu_s(proc.pid) - cpu_before) / (time.monotonic() - before)
+    finally:
+        reader.close()
+    if trial.failed:
+        raise RuntimeError(f"producing raw events failed: {trial.failed[:3]}")
+    return _summary(contender.name, trial, share)
+
+
+def _reader(scene: Scenario, topic: str) -> Consumer:
+    """Every partition of `topic`, from the start, committed records only."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": scene.bootstrap,
+            "group.id": f"{scene.tag}-reader",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(scene.partitions)])
+    return reader
+
+
+def _probe(scene: Scenario, producer: Producer, reader: Consumer, under_test: UnderTest) -> None:
+    """One event through the contender: it has joined its group and is past its start."""
+    event = raw_event(0, scene, int(time.time() * 1000))
+    produce(producer, scene.settings.raw_topic, event, Deliveries())
+    producer.flush(PROBE_S)
+    deadline = time.monotonic() + PROBE_S
+    while time.monotonic() < deadline:
+        check_alive(*under_test)
+        if any(_event_id(r) == event.event_id for r in reader.consume(1000, 0.1)):
+            return
+    raise TimeoutError(f"the probe event did not come through in {PROBE_S:.0f} s")
+
+
+def _drive(trial: Trial, reader: Consumer, under_test: UnderTest) -> Trial:
+    while not trial.done(time.monotonic()):
+        trial.send_due(time.monotonic())
+        trial.read(reader)
+        check_alive(*under_test)
+    return trial
+
+
+def _event_id(record: Message) -> str | None:
+    if record.error() is not None:
+        return None
+    headers = record.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    for name, value in pairs:
+        if name == "event-id" and value is not None:
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+def _summary(name: str, trial: Trial, share: float) -> Latency:
+    """Percentiles over every measured event; one never seen counts as infinitely late."""
+    missing = [math.inf] * (len(trial.sent) - len(trial.seen))
+    late = sorted([trial.seen[e] - trial.sent[e] for e in trial.seen] + missing)
+    acks = sorted(trial.acked[e] - trial.sent[e] for e in trial.acked)
+    after = sorted(
+        [trial.seen[e] - trial.acked.get(e, trial.sent[e]) for e in trial.seen] + missing
+    )
+    return Latency(
+        name,
+        len(trial.sent),
+        len(trial.seen),
+        _percentile(late, 0.50) * 1000,
+        _percentile(late, 0.99) * 1000,
+        _percentile(acks, 0.99) * 1000,
+        _percentile(after, 0.99) * 1000,
+        share,
+    )
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest rank."""
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+if __name__ == "__main__":
+    main()

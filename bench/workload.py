@@ -1,0 +1,258 @@
+"""What bench/worker.py and bench/latency.py share: the services, a fresh scenario (topics and
+an event type), raw events as the API writes them, and the process under test."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import orjson
+import psycopg
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from ingest_worker.config import Settings
+from ingest_worker.devstack.stack import services
+from ingest_worker.migrate import migrate
+
+HERE = Path(__file__).resolve().parent
+DEVICES = 2000
+ADMIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """Fresh topics (all with `partitions`), a fresh event type, and settings naming them."""
+
+    settings: Settings
+    tag: str
+    partitions: int
+    integration_id: int
+    type_id: int
+
+    @property
+    def bootstrap(self) -> str:
+        return str(self.settings.kafka_bootstrap_servers)
+
+    def group(self, contender: Contender) -> str:
+        """The contender's own consumer group on this scenario's raw topic."""
+        return f"{self.tag}-{contender.name}"
+
+
+class Contender(NamedTuple):
+    """A process under test, and the suffix of the accepted topic it writes to."""
+
+    name: str
+    command: list[str]
+    output_suffix: str
+
+
+WORKER = Contender("worker", [sys.executable, "-m", "ingest_worker", "worker"], "")
+PASSTHROUGH = Contender(
+    "passthrough", [sys.executable, str(HERE / "baseline_worker.py")], ".baseline"
+)
+
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class RawEvent(NamedTuple):
+    """One raw-topic record."""
+
+    key: bytes
+    value: bytes
+    headers: Headers
+    event_id: str
+
+
+@contextmanager
+def stack(name: str) -> Iterator[Settings]:
+    """Settings pointing at a migrated PostgreSQL and a Kafka broker (started unless given)."""
+    base = Settings.from_env(os.environ)
+    work = (base.stack_dir / name).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    with services(base, work, durable=True) as found:
+        asyncio.run(migrate(found.database_url, lock_timeout_s=30))
+        yield dataclasses.replace(
+            base,
+            kafka_bootstrap_servers=found.kafka_bootstrap_servers,
+            database_url=found.database_url,
+        )
+
+
+def scenario(settings: Settings, partitions: int) -> Scenario:
+    """Raw, accepted, rejected and the passthrough's topics, created with `partitions`."""
+    tag = f"bench-p{partitions}-{uuid.uuid4().hex[:6]}"
+    named = dataclasses.replace(
+        settings,
+        raw_topic=f"{tag}.raw",
+        accepted_topic=f"{tag}.accepted",
+        rejected_topic=f"{tag}.rejected",
+    )
+    topics = [named.raw_topic, named.accepted_topic, named.rejected_topic]
+    create_topics(
+        str(settings.kafka_bootstrap_servers), [*topics, f"{tag}.accepted.baseline"], partitions
+    )
+    integration_id, type_id = event_type(str(settings.database_url))
+    return Scenario(named, tag, partitions, integration_id, type_id)
+
+
+def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    new = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names]
+    for future in admin.create_topics(new).values():
+        future.result(ADMIN_TIMEOUT_S)
+
+
+def event_type(database_url: str) -> tuple[int, int]:
+    """A fresh integration with one event type resolving devices by `{store}:{lane}`."""
+    schema = {
+        "type": "object",
+        "required": ["store", "lane"],
+        "properties": {
+            "store": {"type": "string"},
+            "lane": {"type": "integer"},
+            "total": {"type": "number"},
+        },
+    }
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "INSERT INTO integrations (name) VALUES ('bench') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        typed = conn.execute(
+            "INSERT INTO event_types (integration_id, name, schema, external_device_id_template) "
+            "VALUES (%s, 'sale', %s, '{store}:{lane}') RETURNING id",
+            (row[0], orjson.dumps(schema).decode()),
+        ).fetchone()
+        assert typed is not None
+        return int(row[0]), int(typed[0])
+
+
+def raw_event(n: int, scene: Scenario, received_at_ms: int) -> RawEvent:
+    """Event `n` as the API writes it: a third name their device by external id (2,000 ids,
+    keyed by the device hint), the rest resolve it by template (97 stores x 20 lanes, keyed
+    by the event id)."""
+    event: dict[str, object] = {
+        "integration_event_type_id": scene.type_id,
+        "timestamp": "2024-06-01T12:00:00.123Z",
+        "attributes": {"store": f"S{n % 97}", "lane": n % (DEVICES // 97), "total": n / 100},
+    }
+    event_id = str(uuid.uuid4())
+    key = event_id
+    if n % 3 == 0:
+        event["device_external_id"] = f"ext-{n % DEVICES}"
+        key = f"{scene.integration_id}:ext-{n % DEVICES}"
+    headers: Headers = [
+        ("integration-id", str(scene.integration_id).encode()),
+        ("event-id", event_id.encode()),
+        ("received-at", str(received_at_ms).encode()),
+        ("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01".encode()),
+    ]
+    return RawEvent(key.encode(), orjson.dumps(event), headers, event_id)
+
+
+OnDelivery = Callable[[KafkaError | None, Message], None]
+
+
+class Deliveries:
+    """A delivery callback that keeps the failures."""
+
+    def __init__(self) -> None:
+        self.failed: list[KafkaError] = []
+
+    def __call__(self, error: KafkaError | None, _record: Message) -> None:
+        if error is not None:
+            self.failed.append(error)
+
+
+def produce(producer: Producer, topic: str, event: RawEvent, on_delivery: OnDelivery) -> None:
+    while True:
+        try:
+            producer.produce(
+                topic, event.value, event.key, headers=event.headers, on_delivery=on_delivery
+            )
+            return
+        except BufferError:  # the local queue is full: let librdkafka send some
+            producer.poll(0.01)
+
+
+def fill(scene: Scenario, count: int, received_at_ms: int) -> None:
+    """`count` raw events on the scenario's raw topic, acknowledged by all replicas."""
+    producer = Producer({"bootstrap.servers": scene.bootstrap, "acks": "all", "linger.ms": 20})
+    deliveries = Deliveries()
+    for n in range(count):
+        produce(producer, scene.settings.raw_topic, raw_event(n, scene, received_at_ms), deliveries)
+        producer.poll(0)
+    if producer.flush(ADMIN_TIMEOUT_S) or deliveries.failed:
+        raise RuntimeError(f"filling the raw topic failed: {deliveries.failed[:3]}")
+
+
+def records_in(bootstrap: str, topic: str, partitions: int) -> int:
+    """Sum of the topic's high watermarks: its records, plus transaction markers."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
+    try:
+        marks = [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), ADMIN_TIMEOUT_S)
+            for p in range(partitions)
+        ]
+    finally:
+        consumer.close()
+    return sum(high for _low, high in marks)
+
+
+def child_env(scene: Scenario, group: str) -> dict[str, str]:
+    """The environment of a process under test: the scenario's topics, its own group."""
+    settings = scene.settings
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": scene.bootstrap,
+        "DATABASE_URL": str(settings.database_url),
+        "INGEST_RAW_TOPIC": settings.raw_topic,
+        "INGEST_ACCEPTED_TOPIC": settings.accepted_topic,
+        "INGEST_REJECTED_TOPIC": settings.rejected_topic,
+        "INGEST_GROUP_ID": group,
+        "INGEST_WORKER_HTTP_PORT": "0",
+        "INGEST_LOG_LEVEL": os.environ.get("INGEST_LOG_LEVEL", "WARNING"),
+    }
+
+
+@contextmanager
+def running(contender: Contender, scene: Scenario) -> Iterator[subprocess.Popen[bytes]]:
+    """The contender in its own group, SIGTERMed (then killed after 60 s) on exit."""
+    env = child_env(scene, scene.group(contender))
+    proc = subprocess.Popen(contender.command, env=env)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def check_alive(proc: subprocess.Popen[bytes], name: str) -> None:
+    code = proc.poll()
+    if code is not None:
+        raise RuntimeError(f"{name} exited with {code}")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process, all its threads (librdkafka's too)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, fields start at 3
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
