@@ -25,11 +25,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: venv
-	INGEST_LOG_FORMAT=$${INGEST_LOG_FORMAT:-console} $(BIN)/ingest-worker dev
+	INGEST_LOG_FORMAT=$${INGEST_LOG_FORMAT:-console} $(BIN)/python -m devstack
 
 lint: venv
-	$(BIN)/ruff check ingest_worker tests bench
-	$(BIN)/ruff format --check ingest_worker tests bench
+	$(BIN)/ruff check ingest_worker devstack tests bench
+	$(BIN)/ruff format --check ingest_worker devstack tests bench
 	$(BIN)/mypy
 
 test: lint
@@ -41,6 +41,7 @@ unit: venv
 integration: venv
 	$(BIN)/pytest tests/integration
 
+bench: export PYTHONPATH := $(CURDIR)
 bench: venv
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/api.py

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import httpx
 
-from ingest_worker.config import Settings
-from ingest_worker.devstack.proc import free_port
-from ingest_worker.devstack.stack import services
-from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.migrate import migrate
+from devstack.proc import free_port
+from devstack.stack import services
+from devstack.topics import ensure_topics
+from ingest_worker.core.config import Settings
+from ingest_worker.core.migrate import migrate
 
 HERE = Path(__file__).resolve().parent
 ADMIN = "igw_bench-admin"

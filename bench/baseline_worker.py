@@ -30,7 +30,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from ingest_worker.config import Settings
+from ingest_worker.core.config import Settings
 
 COMMIT_TIMEOUT_S = 30.0
 

@@ -47,7 +47,7 @@ from workload import (
     stack,
 )
 
-from ingest_worker.config import Settings
+from ingest_worker.core.config import Settings
 
 WARMUP_S = 2.0
 DRAIN_S = 30.0

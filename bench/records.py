@@ -13,10 +13,10 @@ import uuid
 
 import orjson
 
-from ingest_worker import pipeline
-from ingest_worker.decode import Rejection, Source
-from ingest_worker.resolve import Device
-from ingest_worker.validate import compile_type
+from ingest_worker.core.rejections import Rejection, Source
+from ingest_worker.core.validate import compile_type
+from ingest_worker.worker import pipeline
+from ingest_worker.worker.resolve import Device
 
 EVENT_TYPE = compile_type(
     {

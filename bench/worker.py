@@ -41,7 +41,7 @@ from workload import (
     stack,
 )
 
-from ingest_worker.config import Settings
+from ingest_worker.core.config import Settings
 
 POLL_S = 0.05
 STALL_S = 120.0

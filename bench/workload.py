@@ -23,9 +23,9 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from ingest_worker.config import Settings
-from ingest_worker.devstack.stack import services
-from ingest_worker.migrate import migrate
+from devstack.stack import services
+from ingest_worker.core.config import Settings
+from ingest_worker.core.migrate import migrate
 
 HERE = Path(__file__).resolve().parent
 DEVICES = 2000

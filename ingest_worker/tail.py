@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
-from ingest_worker import rdkafka
-from ingest_worker.config import Settings
-from ingest_worker.encode import read_accepted
+from ingest_worker.core import rdkafka
+from ingest_worker.core.config import Settings
+from ingest_worker.core.encode import read_accepted
 
 log = logging.getLogger(__name__)
 

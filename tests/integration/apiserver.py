@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from ingest_worker.api.serve import server
-from ingest_worker.config import Settings
-from ingest_worker.devstack.proc import free_port
+from devstack.proc import free_port
+from ingest_worker.core.config import Settings
+from ingest_worker.shim.serve import server
 
 ADMIN_TOKEN = "igw_test-admin-token"
 

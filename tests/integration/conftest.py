@@ -24,11 +24,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from psycopg import conninfo, sql
 
-from ingest_worker.config import Settings
-from ingest_worker.devstack.proc import free_port
-from ingest_worker.devstack.stack import Endpoints, services
-from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.migrate import migrate
+from devstack.proc import free_port
+from devstack.stack import Endpoints, services
+from devstack.topics import ensure_topics
+from ingest_worker.core.config import Settings
+from ingest_worker.core.migrate import migrate
 from tests.integration.apiserver import ADMIN_TOKEN, RunningApi, running_api
 from tests.integration.pipeline_env import Pipeline, pipeline
 

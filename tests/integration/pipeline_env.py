@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import orjson
 
-from ingest_worker.config import Settings
-from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.encode import read_accepted
-from ingest_worker.metrics import WorkerMetrics
-from ingest_worker.worker import running
+from devstack.topics import ensure_topics
+from ingest_worker.core.config import Settings
+from ingest_worker.core.encode import read_accepted
+from ingest_worker.core.metrics import WorkerMetrics
+from ingest_worker.worker.loop import running
 from tests.integration.apiserver import RunningApi, running_api
 from tests.integration.kafka_read import header, read_topics
 

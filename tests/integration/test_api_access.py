@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ingest_worker.config import Settings
-from ingest_worker.devstack.kafka import local_broker
-from ingest_worker.devstack.proc import free_port
-from ingest_worker.devstack.topics import ensure_topics
+from devstack.kafka import local_broker
+from devstack.proc import free_port
+from devstack.topics import ensure_topics
+from ingest_worker.core.config import Settings
 from tests.integration.apiserver import RunningApi, running_api
 from tests.integration.conftest import RUN_ID
 from tests.integration.test_api_ingest import event

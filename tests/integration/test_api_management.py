@@ -9,7 +9,7 @@ import httpx
 import psycopg
 import pytest
 
-from ingest_worker.auth import CHANNEL
+from ingest_worker.core.changes import CHANNEL
 from tests.integration.apiserver import RunningApi
 
 SCHEMA: dict[str, Any] = {

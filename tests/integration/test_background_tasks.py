@@ -14,13 +14,13 @@ import httpx
 import psycopg
 import pytest
 
-from ingest_worker import supervise
-from ingest_worker.auth import CHANNEL
-from ingest_worker.config import Settings
-from ingest_worker.devstack.proc import free_port
-from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.metrics import WorkerMetrics
-from ingest_worker.worker import _side_server
+from devstack.proc import free_port
+from devstack.topics import ensure_topics
+from ingest_worker.core import supervise
+from ingest_worker.core.changes import CHANNEL
+from ingest_worker.core.config import Settings
+from ingest_worker.core.metrics import WorkerMetrics
+from ingest_worker.worker.loop import _side_server
 from tests.integration.apiserver import running_api
 from tests.integration.pipeline_env import Pipeline, fresh_settings, pipeline
 from tests.integration.worker_env import event_body, integration_with_type, worker_process
@@ -62,7 +62,7 @@ async def _send(env: Pipeline, integration_id: int, type_id: int, total: Any) ->
 
 
 def _crashes(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "ingest_worker.supervise"]
+    return [r.getMessage() for r in caplog.records if r.name == "ingest_worker.core.supervise"]
 
 
 async def test_the_follower_survives_junk_notifications(
@@ -126,7 +126,7 @@ async def test_api_readyz_names_a_crashed_token_refresh(
             await conn.execute("ALTER TABLE api_tokens_away RENAME TO api_tokens")
         back = await _readyz(api.url, lambda a: a.status_code == 200)
         assert back.json()["tasks"] == {"auth_refresh": True}
-    crashed = [r for r in caplog.records if r.name == "ingest_worker.supervise"]
+    crashed = [r for r in caplog.records if r.name == "ingest_worker.core.supervise"]
     assert crashed
     assert all(r.__dict__["task"] == "auth_refresh" for r in crashed)
     assert all(isinstance(r.exc_info and r.exc_info[1], psycopg.Error) for r in crashed)

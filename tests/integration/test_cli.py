@@ -6,15 +6,17 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import psycopg
 
-from ingest_worker.devstack.proc import free_port
-from ingest_worker.devstack.stack import Endpoints
-from ingest_worker.migrate import bundled
+from devstack.proc import free_port
+from devstack.stack import Endpoints
+from ingest_worker.core.migrate import bundled
 
 CLI = [sys.executable, "-m", "ingest_worker"]
+ROOT = Path(__file__).resolve().parents[2]
 MIGRATED = (len(bundled()),)
 
 
@@ -53,15 +55,18 @@ def test_bad_setting_fails_fast() -> None:
 def test_dev_uses_given_endpoints_and_stops_on_sigterm(
     endpoints: Endpoints, empty_database: str
 ) -> None:
-    """`ingest-worker dev` with endpoints given starts no broker or database, migrates,
-    starts the API, prints where everything is once it answers, and stops on SIGTERM."""
+    """`python -m devstack` (`make run`) with endpoints given starts no broker or database,
+    migrates, starts the API, prints where everything is once it answers, and stops on
+    SIGTERM."""
     port = free_port()
     env = _env(
         KAFKA_BOOTSTRAP_SERVERS=endpoints.kafka_bootstrap_servers,
         DATABASE_URL=empty_database,
         INGEST_API_PORT=str(port),
     )
-    proc = subprocess.Popen([*CLI, "dev"], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack"], env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     assert proc.stdout is not None
     lines = [proc.stdout.readline().strip() for _ in range(6)]
     health = httpx.get(f"http://127.0.0.1:{port}/healthz")

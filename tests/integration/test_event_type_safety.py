@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from ingest_worker.event_types import (
+from ingest_worker.core.event_types import (
     BAD_PATTERN,
     EXTERNAL_REF,
     RECURSIVE_REF,

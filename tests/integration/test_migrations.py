@@ -7,8 +7,8 @@ import asyncio
 import psycopg
 import pytest
 
-from ingest_worker.errors import MigrationError
-from ingest_worker.migrate import LOCK_KEY, bundled, migrate
+from ingest_worker.core.errors import MigrationError
+from ingest_worker.core.migrate import LOCK_KEY, bundled, migrate
 
 ALL_VERSIONS = [m.version for m in bundled()]
 TABLES = {"integrations", "event_types", "devices", "api_tokens", "schema_migrations"}

@@ -11,13 +11,13 @@ from contextlib import AsyncExitStack
 import pytest
 from confluent_kafka import KafkaError
 
-from ingest_worker.config import Settings
-from ingest_worker.devstack.kafka import local_broker
-from ingest_worker.devstack.proc import free_port
-from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.errors import DependencyUnavailable
-from ingest_worker.publish import publisher
-from ingest_worker.raw import RawRecord
+from devstack.kafka import local_broker
+from devstack.proc import free_port
+from devstack.topics import ensure_topics
+from ingest_worker.core.config import Settings
+from ingest_worker.core.errors import DependencyUnavailable
+from ingest_worker.core.raw import RawRecord
+from ingest_worker.shim.publish import publisher
 from tests.integration.conftest import RUN_ID, NewTopicFactory
 from tests.integration.kafka_read import read_topic
 from tests.partitioning import java_partition
@@ -51,7 +51,7 @@ async def test_a_failed_producer_is_replaced_without_a_restart(
     """After librdkafka reports a fatal error, the next publish runs on a new producer, and
     succeeds; the replacement is logged with the error."""
     topic = await new_topic(partitions=1)
-    caplog.set_level(logging.WARNING, "ingest_worker.publish")
+    caplog.set_level(logging.WARNING, "ingest_worker.shim.publish")
     async with publisher(kafka_bootstrap, topic, timeout_s=5.0, linger_ms=1) as pub:
         await pub.publish([record(b"7:a")])
         failed = pub._client

@@ -17,13 +17,13 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition as AioTopicPartition
 from confluent_kafka import TopicPartition
 
-from ingest_worker.config import Settings
-from ingest_worker.devstack.kafka import local_broker
-from ingest_worker.devstack.proc import free_port
-from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.metrics import WorkerMetrics
-from ingest_worker.sink import Sink, TransactionFailed
-from ingest_worker.worker import running
+from devstack.kafka import local_broker
+from devstack.proc import free_port
+from devstack.topics import ensure_topics
+from ingest_worker.core.config import Settings
+from ingest_worker.core.metrics import WorkerMetrics
+from ingest_worker.worker.loop import running
+from ingest_worker.worker.sink import Sink, TransactionFailed
 from tests.integration.apiserver import running_api
 from tests.integration.conftest import RUN_ID
 from tests.integration.kafka_read import partitions_of

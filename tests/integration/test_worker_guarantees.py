@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from ingest_worker.config import Settings
-from ingest_worker.devstack.postgres import local_postgres
-from ingest_worker.devstack.proc import free_port
-from ingest_worker.devstack.topics import ensure_topics
-from ingest_worker.migrate import migrate
+from devstack.postgres import local_postgres
+from devstack.proc import free_port
+from devstack.topics import ensure_topics
+from ingest_worker.core.config import Settings
+from ingest_worker.core.migrate import migrate
 from tests.integration.apiserver import running_api
 from tests.integration.conftest import RUN_ID
 from tests.integration.pipeline_env import Pipeline, fresh_settings
@@ -111,7 +111,7 @@ async def test_three_workers_race_for_the_same_new_devices(
     assert {len(found.get(i.encode(), [])) for i in ids} == {1}
     assert {r.topic for rs in found.values() for r in rs} == {own.accepted_topic}
     assert _auto_devices(api_database, integration_id) == 200
-    from ingest_worker.encode import read_accepted
+    from ingest_worker.core.encode import read_accepted
 
     created = [read_accepted(r.value)["device_created"] for rs in found.values() for r in rs]
     assert created.count(True) == 200

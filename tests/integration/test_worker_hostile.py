@@ -17,8 +17,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from ingest_worker.config import Settings
-from ingest_worker.decode import Source, fallback_event_id
+from ingest_worker.core.config import Settings
+from ingest_worker.core.rejections import Source
+from ingest_worker.worker.decode import fallback_event_id
 from tests.integration.apiserver import running_api
 from tests.integration.kafka_read import header, read_topics
 from tests.integration.pipeline_env import Pipeline, collect, fresh_settings, running_worker

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
-from ingest_worker.config import Settings
-from ingest_worker.devstack.proc import free_port
+from devstack.proc import free_port
+from ingest_worker.core.config import Settings
 from tests.integration.kafka_read import header, read_topics
 
 TEMPLATE_SCHEMA = {

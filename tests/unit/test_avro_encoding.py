@@ -11,7 +11,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest_worker.encode import accepted_value, avro_header
+from ingest_worker.core.encode import accepted_value, avro_header
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "integration_event.avsc"
 INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)

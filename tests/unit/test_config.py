@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest_worker.config import Settings, markdown_table
-from ingest_worker.errors import ConfigError
+from ingest_worker.core.config import Settings, markdown_table
+from ingest_worker.core.errors import ConfigError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

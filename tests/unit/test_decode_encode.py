@@ -10,14 +10,15 @@ import fastavro
 import orjson
 import pytest
 
-from ingest_worker.decode import RawEvent, Rejection, Source, decode, timestamp_micros
-from ingest_worker.encode import (
+from ingest_worker.core.encode import (
     SINGLE_OBJECT_MARKER,
     accepted_value,
     avro_schema,
     read_accepted,
     rejected_value,
 )
+from ingest_worker.core.rejections import Rejection, Source
+from ingest_worker.worker.decode import RawEvent, decode, timestamp_micros
 
 SOURCE = Source("raw", 2, 41)
 GOOD = orjson.dumps(

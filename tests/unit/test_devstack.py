@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest_worker.devstack import containers, kafka, postgres
-from ingest_worker.devstack.stack import choose
+from devstack import containers, kafka, postgres
+from devstack.stack import choose
 
 
 def _props(text: str) -> dict[str, str]:

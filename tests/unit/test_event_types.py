@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ingest_worker.event_types import (
+from ingest_worker.core.event_types import (
     BAD_PATTERN,
     EXTERNAL_REF,
     RECURSIVE_REF,

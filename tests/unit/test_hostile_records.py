@@ -13,10 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest_worker.decode import CONTRACT_HEADERS, RawEvent, Rejection, Source, decode
-from ingest_worker.encode import OutRecord, read_accepted, rejected_value
-from ingest_worker.limits import record_size
-from ingest_worker.pipeline import (
+from ingest_worker.core.encode import OutRecord, read_accepted, rejected_value
+from ingest_worker.core.limits import record_size
+from ingest_worker.core.raw import CONTRACT_HEADERS
+from ingest_worker.core.rejections import Rejection, Source
+from ingest_worker.core.shape import FieldError
+from ingest_worker.core.validate import compile_type
+from ingest_worker.worker.decode import RawEvent, decode
+from ingest_worker.worker.pipeline import (
     Accepted,
     InRecord,
     Topics,
@@ -25,9 +29,7 @@ from ingest_worker.pipeline import (
     output,
     plan,
 )
-from ingest_worker.resolve import Device, DeviceRef
-from ingest_worker.shape import FieldError
-from ingest_worker.validate import compile_type
+from ingest_worker.worker.resolve import Device, DeviceRef
 
 SOURCE = Source("raw", 0, 7)
 LIMIT = 4096

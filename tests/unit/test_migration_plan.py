@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ingest_worker.errors import MigrationError
-from ingest_worker.migrate import Migration, bundled, parse, pending
+from ingest_worker.core.errors import MigrationError
+from ingest_worker.core.migrate import Migration, bundled, parse, pending
 
 
 def test_files_are_ordered_by_version() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ingest_worker.ratelimit import RateLimiter
+from ingest_worker.shim.ratelimit import RateLimiter
 
 
 def test_burst_then_refill() -> None:

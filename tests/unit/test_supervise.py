@@ -10,14 +10,16 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest_worker.catalog import Catalog
-from ingest_worker.resolve import Device
-from ingest_worker.supervise import Beat, Supervisor, board
-from ingest_worker.validate import compile_type
+from ingest_worker.core.supervise import Beat, Supervisor, board
+from ingest_worker.core.validate import compile_type
+from ingest_worker.worker.catalog import Catalog
+from ingest_worker.worker.resolve import Device
 
 
 def _retries(caplog: pytest.LogCaptureFixture) -> list[float]:
-    return [r.__dict__["retry_in_s"] for r in caplog.records if r.name == "ingest_worker.supervise"]
+    return [
+        r.__dict__["retry_in_s"] for r in caplog.records if r.name == "ingest_worker.core.supervise"
+    ]
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -52,7 +54,7 @@ async def test_a_crashed_task_is_restarted_and_down_until_it_beats(
     assert seen == [True, False]
     assert supervisor.healthy
     assert supervisor.crashes == 1
-    [record] = [r for r in caplog.records if r.name == "ingest_worker.supervise"]
+    [record] = [r for r in caplog.records if r.name == "ingest_worker.core.supervise"]
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], RuntimeError)
@@ -118,7 +120,7 @@ async def test_a_task_that_returns_is_restarted_too(caplog: pytest.LogCaptureFix
     running = asyncio.create_task(supervisor.run())
     await _until(lambda: len(calls) == 2)
     assert not supervisor.healthy
-    assert [r.getMessage() for r in caplog.records if r.name == "ingest_worker.supervise"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "ingest_worker.core.supervise"] == [
         "background task ended; restarting"
     ]
     running.cancel()

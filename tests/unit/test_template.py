@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ingest_worker.template import (
+from ingest_worker.core.template import (
     TemplateError,
     Unresolvable,
     check_against_schema,

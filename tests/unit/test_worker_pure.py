@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import confluent_kafka
 import pytest
 from confluent_kafka import KafkaError, Message
 
-from ingest_worker.catalog import Catalog
-from ingest_worker.config import Settings
-from ingest_worker.decode import Rejection, decode
-from ingest_worker.offsets import Offsets, Partition, Unsettled
-from ingest_worker.resolve import auto_name
-from ingest_worker.sink import error_class
-from ingest_worker.worker import backoff_s, in_record, transactional_id
+from ingest_worker.core.config import Settings
+from ingest_worker.core.rejections import Rejection
+from ingest_worker.worker.catalog import Catalog
+from ingest_worker.worker.decode import decode
+from ingest_worker.worker.loop import backoff_s, in_record, transactional_id
+from ingest_worker.worker.offsets import OFFSET_BEGINNING, Offsets, Partition, Unsettled
+from ingest_worker.worker.resolve import auto_name
+from ingest_worker.worker.sink import error_class
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -82,20 +84,22 @@ def test_offsets_drop_replays_and_commit_by_time_or_size() -> None:
 
 
 def test_resume_points_never_believe_a_broker_behind_what_it_holds() -> None:
-    """After a failed transaction a partition resumes from the broker's committed offset, but
-    an answer below an offset this worker committed (or none at all) is asked again; with no
-    commit ever, it resumes where it was first read, and one never read is left alone."""
-    offsets, a, b, c = Offsets(), Partition("raw", 0), Partition("raw", 1), Partition("raw", 2)
-    offsets.fresh(a, 5)
-    offsets.fresh(b, 7)
+    """After a failed transaction every partition resumes from the broker's committed offset,
+    or from the beginning where it holds none (as a new group would); an answer below an
+    offset this worker committed or read back is asked again, even after a rebalance."""
+    offsets, a, b = Offsets(), Partition("raw", 0), Partition("raw", 1)
+    assert OFFSET_BEGINNING == confluent_kafka.OFFSET_BEGINNING
     offsets.committed({a: 40})
-    assert offsets.resume_points({a: 55, b: -1001, c: -1001}) == {a: 55, b: 7}
-    with pytest.raises(Unsettled):
-        offsets.resume_points({a: -1001, b: 9})
-    with pytest.raises(Unsettled):
-        offsets.resume_points({a: 39})
+    points = offsets.resume_points({a: 55, b: -1001})
+    assert points == {a: 55, b: OFFSET_BEGINNING}
+    offsets.rewind(points)
+    assert offsets.fresh(b, 0)
+    assert not offsets.fresh(a, 54)
     offsets.reassigned()
-    assert offsets.resume_points({a: -1001}) == {}
+    for stale in ({a: -1001}, {a: 54}):
+        with pytest.raises(Unsettled):
+            offsets.resume_points(stale)
+    assert offsets.resume_points({b: -1001}) == {b: OFFSET_BEGINNING}
 
 
 def test_a_record_whose_headers_cannot_be_read_is_rejected_not_fatal() -> None:

@@ -1,1 +1,0 @@
-"""The HTTP shim: ingest, import, management, health (`ingest-worker api`)."""

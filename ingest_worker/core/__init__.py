@@ -1,0 +1,1 @@
+"""Shared by every process: the contracts and the pure per-record logic."""

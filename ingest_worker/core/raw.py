@@ -1,0 +1,98 @@
+"""The raw-topic record the shim publishes: key, value and headers per DESIGN.md. Pure."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+# Namespace of event ids derived from (integration id, Idempotency-Key).
+EVENT_ID_NAMESPACE = uuid.UUID("6f0b5e4e-7f47-4d1c-9a57-2c1f0e0b7a11")
+# Namespace of an import item's event id (integration id, item index, the import's key): its
+# own, so no single event's key can ever name the same id as an import item.
+IMPORT_ITEM_NAMESPACE = uuid.UUID("3d6b1f0a-2c4e-4b8f-9f6d-8a0c5e7d1b24")
+# The headers of the raw-topic contract: each may appear once, as UTF-8.
+CONTRACT_HEADERS = frozenset(
+    {
+        "integration-id",
+        "event-id",
+        "received-at",
+        "idempotency-key",
+        "idempotency-index",
+        "traceparent",
+    }
+)
+_TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One record for the raw topic."""
+
+    key: bytes
+    value: bytes
+    headers: Headers
+    event_id: str
+
+
+def event_id(integration_id: int, idempotency_key: str | None, index: int | None = None) -> str:
+    """Random, or derived from the key (and, for an import item, its index) so a retried
+    request gets the same id."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    if index is None:
+        return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{integration_id}:{idempotency_key}"))
+    return str(uuid.uuid5(IMPORT_ITEM_NAMESPACE, f"{integration_id}:{index}:{idempotency_key}"))
+
+
+def device_hint(integration_id: int, event: dict[str, Any]) -> str | None:
+    """`{integration}:{device id or external id}`, so one device's events stay in order."""
+    device = event.get("integration_device_id")
+    if device is None:
+        device = event.get("device_external_id")
+    return None if device is None else f"{integration_id}:{device}"
+
+
+def is_traceparent(text: str) -> bool:
+    """Whether `text` is a well-formed W3C traceparent (version 00)."""
+    return _TRACEPARENT.fullmatch(text) is not None
+
+
+def traceparent(given: str | None) -> str:
+    """The caller's W3C traceparent if well formed, else a fresh one."""
+    if given is not None and is_traceparent(given):
+        return given
+    ids = secrets.token_hex(24)
+    return f"00-{ids[:32]}-{ids[32:]}-01"
+
+
+def build(
+    integration_id: int,
+    event: dict[str, Any],
+    value: bytes,
+    *,
+    received_at_ms: int,
+    idempotency_key: str | None,
+    trace: str,
+    index: int | None = None,
+) -> RawRecord:
+    """The record for one event whose body (`value`) is published byte for byte; `index` is
+    an import item's position, claimed with the import's key as the pair (key, index)."""
+    eid = event_id(integration_id, idempotency_key, index)
+    hint = device_hint(integration_id, event)
+    headers: Headers = [
+        ("integration-id", str(integration_id).encode()),
+        ("event-id", eid.encode()),
+        ("received-at", str(received_at_ms).encode()),
+        ("traceparent", trace.encode()),
+    ]
+    if idempotency_key is not None:
+        headers.append(("idempotency-key", idempotency_key.encode()))
+        if index is not None:
+            headers.append(("idempotency-index", str(index).encode()))
+    key = (hint or eid).encode()
+    return RawRecord(key, value, headers, eid)

@@ -1,0 +1,1 @@
+"""`ingest-worker api`: the HTTP shim (routes, auth, rate limit, publish, management store)."""

@@ -1,0 +1,117 @@
+"""`/v1/integrations/{id}/devices`: external ids are unique per integration and immutable."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest_worker.core.shape import FieldError
+from ingest_worker.shim import store
+from ingest_worker.shim.common import (
+    admin,
+    deps,
+    item_ids,
+    json_body,
+    json_response,
+    list_response,
+    path_id,
+    query_value,
+    route,
+    row_response,
+)
+from ingest_worker.shim.problems import invalid
+from ingest_worker.shim.store import DEVICE_COLUMNS
+
+BASE = "/v1/integrations/{integration_id:id}/devices"
+KEY = "integration_device"
+
+
+async def create(request: Request) -> Response:
+    admin(request)
+    integration_id = path_id(request, "integration_id", "integration")
+    body = await json_body(request, "device_input")
+    async with deps(request).store.tx() as conn:
+        await store.integration_exists(conn, integration_id)
+        row = await store.one(
+            conn,
+            "INSERT INTO devices (integration_id, name, external_id, tags, camera_ids) "
+            f"VALUES (%s, %s, %s, %s, %s) RETURNING {DEVICE_COLUMNS}",
+            (
+                integration_id,
+                body["name"],
+                body.get("external_id"),
+                body.get("tags", []),
+                body.get("camera_ids", []),
+            ),
+            "device",
+        )
+    return json_response({KEY: row})
+
+
+async def list_all(request: Request) -> Response:
+    """Devices of the integration, optionally the one with `external_id`."""
+    admin(request)
+    external_id = query_value(request, "external_id")
+    if external_id is not None and not 1 <= len(external_id) <= 255:
+        raise invalid([FieldError("external_id", "must be 1..255 characters")])
+    return await list_response(
+        request, "integration_devices", DEVICE_COLUMNS, "devices", external_id=external_id
+    )
+
+
+async def read(request: Request) -> Response:
+    admin(request)
+    return await row_response(
+        request,
+        KEY,
+        f"SELECT {DEVICE_COLUMNS} FROM devices WHERE integration_id = %s AND id = %s",
+        item_ids(request, "device_id", "device"),
+        "device",
+    )
+
+
+async def update(request: Request) -> Response:
+    """Name and tags; fields left out keep their value. The external id never changes."""
+    admin(request)
+    ids = item_ids(request, "device_id", "device")
+    body = await json_body(request, "device_update")
+    return await row_response(
+        request,
+        KEY,
+        "UPDATE devices SET name = COALESCE(%s, name), tags = COALESCE(%s, tags) "
+        f"WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
+        (body.get("name"), body.get("tags"), *ids),
+        "device",
+    )
+
+
+async def update_cameras(request: Request) -> Response:
+    admin(request)
+    ids = item_ids(request, "device_id", "device")
+    body = await json_body(request, "device_cameras")
+    return await row_response(
+        request,
+        KEY,
+        "UPDATE devices SET camera_ids = %s WHERE integration_id = %s AND id = %s "
+        f"RETURNING {DEVICE_COLUMNS}",
+        (body["camera_ids"], *ids),
+        "device",
+    )
+
+
+async def delete(request: Request) -> Response:
+    admin(request)
+    return await row_response(
+        request,
+        KEY,
+        f"DELETE FROM devices WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
+        item_ids(request, "device_id", "device"),
+        "device",
+    )
+
+
+ROUTES = [
+    route(BASE, post=create, get=list_all),
+    route(BASE + "/{device_id:id}", get=read, put=update, delete=delete),
+    route(BASE + "/{device_id:id}/cameras", put=update_cameras),
+]

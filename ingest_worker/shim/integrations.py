@@ -1,0 +1,83 @@
+"""`/v1/integrations`: create, list, read, rename, delete (admin token)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingest_worker.shim.common import (
+    admin,
+    json_body,
+    list_response,
+    path_id,
+    refresh_auth,
+    route,
+    row_response,
+)
+from ingest_worker.shim.store import INTEGRATION_COLUMNS
+
+KEY = "integration"
+
+
+async def create(request: Request) -> Response:
+    admin(request)
+    body = await json_body(request, "integration_input")
+    answer = await row_response(
+        request,
+        KEY,
+        f"INSERT INTO integrations (name) VALUES (%s) RETURNING {INTEGRATION_COLUMNS}",
+        (body["name"],),
+        "integration",
+    )
+    await refresh_auth(request)
+    return answer
+
+
+async def list_all(request: Request) -> Response:
+    admin(request)
+    return await list_response(
+        request, "integrations", INTEGRATION_COLUMNS, "integrations", scoped=False
+    )
+
+
+async def read(request: Request) -> Response:
+    admin(request)
+    return await row_response(
+        request,
+        KEY,
+        f"SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE id = %s",
+        (path_id(request, "integration_id", "integration"),),
+        "integration",
+    )
+
+
+async def update(request: Request) -> Response:
+    admin(request)
+    integration_id = path_id(request, "integration_id", "integration")
+    body = await json_body(request, "integration_input")
+    return await row_response(
+        request,
+        KEY,
+        f"UPDATE integrations SET name = %s WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
+        (body["name"], integration_id),
+        "integration",
+    )
+
+
+async def delete(request: Request) -> Response:
+    admin(request)
+    answer = await row_response(
+        request,
+        KEY,
+        f"DELETE FROM integrations WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
+        (path_id(request, "integration_id", "integration"),),
+        "integration",
+    )
+    await refresh_auth(request)
+    return answer
+
+
+ROUTES = [
+    route("/v1/integrations", post=create, get=list_all),
+    route("/v1/integrations/{integration_id:id}", get=read, put=update, delete=delete),
+]

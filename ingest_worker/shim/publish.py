@@ -1,0 +1,220 @@
+"""The shim's Kafka edge: an idempotent `acks=all` librdkafka producer with a bounded wait per
+publish. The producer is polled on the event loop's own thread, so its delivery reports settle
+their futures directly (measured: cheaper than a polling thread handing them over)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from ingest_worker.core import limits, rdkafka
+from ingest_worker.core.errors import DependencyUnavailable
+from ingest_worker.core.raw import RawRecord
+
+log = logging.getLogger(__name__)
+
+# The producer's buffer per partition, when the topic's record limit is larger.
+MAX_BATCH_BYTES = 512 * 1024
+# librdkafka refuses a smaller `message.max.bytes`.
+MIN_MESSAGE_MAX_BYTES = 1000
+# How often the producer is polled while records are in flight, and otherwise.
+PUMP_S = 0.001
+IDLE_POLL_S = 1.0
+# How long `ready()` waits for the broker's metadata.
+READY_TIMEOUT_S = 2.0
+# Pause before retrying a record that found librdkafka's local queue full.
+QUEUE_FULL_PAUSE_S = 0.005
+
+_Headers = list[tuple[str, str | bytes | None]]
+
+
+def producer_config(*, max_record_bytes: int, timeout_s: float, linger_ms: int) -> dict[str, Any]:
+    """The librdkafka settings of the shim's producer, beside those all our clients share."""
+    return {
+        "acks": "all",
+        "enable.idempotence": True,
+        # Kafka's Java default for keyed records (murmur2 of the key), so that a device hint
+        # goes to the partition a gateway's Java client picks; librdkafka's own default is CRC32.
+        "partitioner": "murmur2_random",
+        "linger.ms": linger_ms,
+        "batch.size": min(MAX_BATCH_BYTES, max_record_bytes),
+        "message.max.bytes": max(MIN_MESSAGE_MAX_BYTES, max_record_bytes),
+        # A record still unacknowledged when its publish gave up fails instead of lingering.
+        "message.timeout.ms": max(1000, int(timeout_s * 1000)),
+        "retry.backoff.ms": 100,
+    }
+
+
+class _Client:
+    """One librdkafka producer, polled on the event loop: every PUMP_S while records are in
+    flight (each delivery report settles its record's future), else every IDLE_POLL_S for
+    librdkafka's error reports. Nothing else polls it, so no callback runs on another thread."""
+
+    def __init__(self, bootstrap: str, config: dict[str, Any]) -> None:
+        self.errors = rdkafka.ErrorLog(log)
+        options = rdkafka.config(bootstrap, "ingest-worker-api", self.errors)
+        self.producer = Producer({**options, **config})
+        self._loop = asyncio.get_running_loop()
+        self._pump: asyncio.Task[None] | None = None
+        self._idle = self._loop.create_task(self._poll_idle())
+
+    def send(self, topic: str, record: RawRecord) -> asyncio.Future[KafkaError | None]:
+        """Queue one record; its future gets the delivery error, None once acknowledged.
+        Raises BufferError when librdkafka's queue is full, KafkaException when it refuses."""
+        future: asyncio.Future[KafkaError | None] = self._loop.create_future()
+
+        def delivered(error: KafkaError | None, _: Message) -> None:
+            if not future.done():  # else its publish gave up
+                future.set_result(error)
+
+        headers = cast("_Headers", record.headers)  # the same list; librdkafka takes str too
+        self.producer.produce(
+            topic, record.value, record.key, headers=headers, on_delivery=delivered
+        )
+        if self._pump is None:
+            self._pump = self._loop.create_task(self._pump_reports())
+        return future
+
+    async def _pump_reports(self) -> None:
+        try:
+            while len(self.producer):  # queued, in flight, or reports not yet served
+                await asyncio.sleep(PUMP_S)
+                self.producer.poll(0)
+        finally:
+            self._pump = None
+
+    async def _poll_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_POLL_S)
+            self.producer.poll(0)
+
+    async def close(self, flush_s: float) -> None:
+        """Deliver what the broker takes within `flush_s`, fail the rest, free the producer."""
+        if self._pump is not None:  # it runs until nothing is left
+            await asyncio.wait([self._pump], timeout=flush_s)
+        for task in (self._idle, self._pump):
+            if task is not None:
+                task.cancel()
+        left = len(self.producer)
+        if left:
+            log.warning("records not acknowledged at shutdown", extra={"count": left})
+            self.producer.purge()
+            self.producer.poll(0)
+        if len(self.producer) == 0:  # else close() would wait for them without a bound
+            await asyncio.to_thread(self.producer.close)
+
+
+class Publisher:
+    """Publishes raw records; returns only once the broker acknowledged every one."""
+
+    def __init__(
+        self,
+        new_client: Callable[[], _Client],
+        topic: str,
+        timeout_s: float,
+        max_record_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._new_client, self._client = new_client, new_client()
+        self._topic, self._timeout_s = topic, timeout_s
+        self.max_record_bytes = max_record_bytes
+
+    def oversize(self, record: RawRecord) -> int | None:
+        """The record's size when the topic cannot take it (it would fail on every retry),
+        else None."""
+        size = limits.record_size(record.key, record.value, record.headers)
+        return size if size > self.max_record_bytes else None
+
+    async def publish(self, records: Sequence[RawRecord]) -> None:
+        """Send all records (batched together); raise DependencyUnavailable on any failure or
+        when the broker has not acknowledged within the timeout."""
+        client = await self._working_client()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                pending = await self._send_all(client, records)
+                if len(pending) == 1:
+                    errors = [await pending[0]]
+                else:
+                    errors = await asyncio.gather(*pending)
+        except TimeoutError as exc:
+            raise DependencyUnavailable(
+                f"Kafka did not acknowledge within {self._timeout_s} s"
+            ) from exc
+        except KafkaException as exc:
+            raise DependencyUnavailable(f"Kafka refused the record: {exc.args[0]}") from exc
+        failed = [error for error in errors if error is not None]
+        if failed:
+            raise DependencyUnavailable(f"Kafka did not acknowledge: {failed[0]}")
+
+    async def _send_all(
+        self, client: _Client, records: Sequence[RawRecord]
+    ) -> list[asyncio.Future[KafkaError | None]]:
+        """Queue every record; when librdkafka's queue is full, wait for room (the caller's
+        timeout bounds the wait)."""
+        pending = []
+        for record in records:
+            while True:
+                try:
+                    pending.append(client.send(self._topic, record))
+                    break
+                except BufferError:
+                    await asyncio.sleep(QUEUE_FULL_PAUSE_S)
+        return pending
+
+    async def _working_client(self) -> _Client:
+        """The producer, replaced first if librdkafka declared it failed for good (an
+        idempotence error it cannot recover from), so that no process restart is needed."""
+        if self._client.errors.fatal is not None:
+            failed, self._client = self._client, self._new_client()
+            log.warning("Kafka producer replaced", extra={"error": str(failed.errors.fatal)})
+            await failed.close(0)
+        return self._client
+
+    async def close(self) -> None:
+        """Deliver what the broker takes within the publish timeout, then free the producer."""
+        await self._client.close(self._timeout_s)
+
+    async def first_metadata(self, timeout_s: float) -> None:
+        """Fail fast when the broker does not answer, and learn the topic's partitions before
+        the first request needs them."""
+        try:
+            await asyncio.to_thread(self._client.producer.list_topics, self._topic, timeout_s)
+        except KafkaException as exc:
+            raise DependencyUnavailable(f"cannot reach Kafka: {exc.args[0]}") from exc
+
+    async def ready(self) -> bool:
+        """Whether the broker answers a metadata request for our topic now."""
+        producer = (await self._working_client()).producer
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S + 0.5):
+                metadata = await asyncio.to_thread(
+                    producer.list_topics, self._topic, READY_TIMEOUT_S
+                )
+        except (KafkaException, TimeoutError):
+            return False
+        found = metadata.topics.get(self._topic)
+        return found is not None and found.error is None and bool(found.partitions)
+
+
+@asynccontextmanager
+async def publisher(
+    bootstrap: str, topic: str, *, timeout_s: float, linger_ms: int
+) -> AsyncIterator[Publisher]:
+    """A started producer for the life of the API process, sized to the topic's record limit
+    (`max.message.bytes`, read once here); fails fast when Kafka does not answer."""
+    found = await limits.max_message_bytes(bootstrap, [topic], max(timeout_s, 5.0))
+    max_record_bytes = found[topic]
+    config = producer_config(
+        max_record_bytes=max_record_bytes, timeout_s=timeout_s, linger_ms=linger_ms
+    )
+    pub = Publisher(lambda: _Client(bootstrap, config), topic, timeout_s, max_record_bytes)
+    try:
+        await pub.first_metadata(max(timeout_s, 5.0))
+        log.info("raw topic record limit", extra={"topic": topic, "max_bytes": max_record_bytes})
+        yield pub
+    finally:
+        await pub.close()

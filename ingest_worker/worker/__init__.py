@@ -1,0 +1,1 @@
+"""`ingest-worker worker`: decode, decide, resolve in batches, emit exactly once."""

@@ -1,0 +1,241 @@
+"""Raw-topic records to events, or to rejections with a reason. Pure.
+
+A gateway may produce to the raw topic directly, so nothing is assumed: a record without
+`integration-id`, or whose value is not JSON, or not an event, becomes a rejection, never an
+exception.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from ingest_worker.core import shape
+from ingest_worker.core.raw import CONTRACT_HEADERS, EVENT_ID_NAMESPACE, is_traceparent
+from ingest_worker.core.rejections import Rejection, Source
+from ingest_worker.core.shape import FieldError
+
+Headers = Sequence[tuple[str, bytes | None]]
+_CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_KEY_CHARS = 255
+MAX_IMPORT_INDEX = 9999
+INT32 = range(-(2**31), 2**31)
+# Avro readers turn the timestamps into their language's date type; Python's (the narrowest)
+# spans years 1 to 9999, so every timestamp stays inside it.
+_FIRST_US = (datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+    microseconds=1
+)
+_LAST_US = (
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+) // timedelta(microseconds=1)
+TIMESTAMP_US = range(_FIRST_US, _LAST_US + 1)
+RECEIVED_AT_MS = range(_FIRST_US // 1000, _LAST_US // 1000 + 1)
+
+
+class RawEvent(NamedTuple):
+    """A raw record that is a well-formed event of some integration."""
+
+    source: Source
+    value: bytes
+    event_id: str
+    integration_id: int
+    event_type_id: int
+    timestamp_us: int
+    received_at_ms: int
+    idempotency_key: str | None
+    idempotency_index: int | None
+    traceparent: str | None
+    body: dict[str, Any]
+
+
+def decode(
+    source: Source, value: bytes | None, headers: Headers | None, timestamp_ms: int
+) -> RawEvent | Rejection:
+    """Read one raw record: headers, JSON, and the shared request shape."""
+    found, header_errors = read_headers(headers)
+    event_id = _event_id(found.get("event-id"), source)
+    payload = value or b""
+    integration_id = _in_range(found.get("integration-id"), INT32)
+    try:
+        if integration_id is None:
+            header_errors.append(FieldError("headers.integration-id", "required, an int32"))
+        if integration_id is None or header_errors:
+            raise _Reject(
+                400, "invalid_request", "the record's headers are not valid", header_errors
+            )
+        body = _body(payload)
+        timestamp_us, received_at_ms = _times(body, found.get("received-at"), timestamp_ms)
+    except _Reject as why:
+        return Rejection(source, payload, event_id, integration_id, *why.args)
+    return RawEvent(
+        source,
+        payload,
+        event_id,
+        integration_id,
+        int(body["integration_event_type_id"]),
+        timestamp_us,
+        received_at_ms,
+        found.get("idempotency-key"),
+        _in_range(found.get("idempotency-index"), range(MAX_IMPORT_INDEX + 1)),
+        found.get("traceparent"),
+        body,
+    )
+
+
+class _Reject(Exception):  # noqa: N818 - a verdict, raised to leave decode early
+    """(status, code, message, details) of a rejection."""
+
+
+def _body(payload: bytes) -> dict[str, Any]:
+    """The value as an event of the shared request shape."""
+    try:
+        body = shape.parse_json(payload)
+    except shape.BadJsonError as exc:
+        raise _Reject(400, "invalid_json", f"the value is not valid JSON: {exc}", []) from exc
+    errors = shape.check_event(body)
+    if errors:
+        raise _Reject(400, "invalid_request", "the event is not a valid request", errors)
+    event: dict[str, Any] = body
+    return event
+
+
+def _times(body: dict[str, Any], received_at: str | None, record_ms: int) -> tuple[int, int]:
+    """(event timestamp in µs, received-at in ms), both within what every reader holds; the
+    record's own timestamp stands in for a missing received-at."""
+    try:
+        timestamp_us = timestamp_micros(body["timestamp"])
+    except ValueError as exc:
+        raise _Reject(
+            400, "invalid_request", str(exc), [FieldError("timestamp", str(exc))]
+        ) from exc
+    if timestamp_us not in TIMESTAMP_US:
+        message = "must fall within the years 0001 to 9999 (UTC)"
+        raise _Reject(400, "invalid_request", message, [FieldError("timestamp", message)])
+    received_at_ms = _in_range(received_at, RECEIVED_AT_MS)
+    if received_at is not None and received_at_ms is None:
+        message = "must be epoch milliseconds, years 0001 to 9999"
+        raise _Reject(400, "invalid_request", message, [FieldError("headers.received-at", message)])
+    if received_at_ms is None and record_ms not in RECEIVED_AT_MS:
+        message = "no received-at header, and the record's timestamp is outside years 0001..9999"
+        raise _Reject(400, "invalid_request", message, [FieldError("headers.received-at", message)])
+    return timestamp_us, record_ms if received_at_ms is None else received_at_ms
+
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:[Zz]|([+-])(\d{2}):(\d{2}))$"
+)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def timestamp_micros(text: str) -> int:
+    """An RFC 3339 timestamp (already checked by the shape) as UTC epoch microseconds.
+
+    `datetime.fromisoformat` for the usual forms (fast, C); plain arithmetic for what it
+    refuses and RFC 3339 allows: year 0000, the leap second `:60`. Fractions beyond
+    microseconds are truncated."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return _timestamp_micros_slow(text)
+    if moment.tzinfo is None:  # not RFC 3339; the shape check keeps these out
+        return _timestamp_micros_slow(text)
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _timestamp_micros_slow(text: str) -> int:
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    year, month, day, hour, minute, second = (int(match[i]) for i in range(1, 7))
+    micros = int((match[7] or "0")[:6].ljust(6, "0"))
+    offset_s = 0
+    if match[8]:
+        offset_s = (int(match[9]) * 3600 + int(match[10]) * 60) * (1 if match[8] == "+" else -1)
+    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    return (seconds - offset_s) * 1_000_000 + micros
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 in the proleptic Gregorian calendar (H. Hinnant's algorithm)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
+
+
+def read_headers(headers: Headers | None) -> tuple[dict[str, str], list[FieldError]]:
+    """The contract's headers (names in any case) as text, and what is wrong with them:
+    repeated, not UTF-8, or not of their form. Other headers are ignored. None: the Kafka
+    client could not read them (a header name that is not UTF-8)."""
+    found: dict[str, str] = {}
+    errors: list[FieldError] = []
+    if headers is None:
+        return found, [FieldError("headers", "unreadable: a header name is not UTF-8")]
+    for name, value in headers:
+        lowered = name if name in CONTRACT_HEADERS else name.lower()
+        if lowered not in CONTRACT_HEADERS:
+            continue
+        if lowered in found:
+            if lowered == "traceparent":  # tracing only: two make none, and reject nothing
+                found[lowered] = ""
+            else:
+                errors.append(FieldError(f"headers.{lowered}", "must appear once"))
+            continue
+        try:
+            found[lowered] = (value or b"").decode()
+        except UnicodeDecodeError:
+            errors.append(FieldError(f"headers.{lowered}", "must be UTF-8"))
+            found[lowered] = ""
+    return found, errors + _header_form_errors(found)
+
+
+def _header_form_errors(found: dict[str, str]) -> list[FieldError]:
+    errors = []
+    key, index = found.get("idempotency-key"), found.get("idempotency-index")
+    if key is not None and not (1 <= len(key) <= MAX_KEY_CHARS and "\x00" not in key):
+        errors.append(FieldError("headers.idempotency-key", "must be 1..255 characters, no NUL"))
+    if index is not None and (key is None or _in_range(index, range(MAX_IMPORT_INDEX + 1)) is None):
+        errors.append(FieldError("headers.idempotency-index", "0..9999, with an idempotency-key"))
+    traceparent = found.get("traceparent")
+    if traceparent is not None and not is_traceparent(traceparent):
+        del found["traceparent"]  # tracing only: a malformed one starts no trace, rejects nothing
+    return errors
+
+
+def _event_id(given: str | None, source: Source) -> str:
+    """The producer's event id if it is a UUID; else one derived from the record's position,
+    so a replay of the same record gets the same id."""
+    if given and _CANONICAL_UUID.fullmatch(given):
+        return given
+    if given:
+        try:
+            return str(uuid.UUID(given))
+        except ValueError:
+            pass
+    return fallback_event_id(source)
+
+
+def fallback_event_id(source: Source) -> str:
+    """The event id of a record that carries none: derived from its position, so a replay of
+    the same record gets the same id."""
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{source.topic}:{source.partition}:{source.offset}"))
+
+
+def _in_range(text: str | None, bounds: range) -> int | None:
+    """A decimal integer of ASCII digits (an optional minus, at most 19 digits) within
+    `bounds`, else None."""
+    if text is None:
+        return None
+    digits = text[1:] if text[:1] == "-" else text
+    if not (0 < len(digits) <= 19 and digits.isascii() and digits.isdigit()):
+        return None
+    value = int(text)
+    return value if value in bounds else None

@@ -1,0 +1,371 @@
+"""One poll batch, from raw records to output records: decode, validate, resolve devices in a
+single PostgreSQL transaction, encode. Kafka stays outside: the caller emits and commits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ingest_worker.core import encode
+from ingest_worker.core.encode import OutRecord
+from ingest_worker.core.errors import DependencyUnavailable, is_recoverable
+from ingest_worker.core.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
+from ingest_worker.core.rejections import Rejection, Source
+from ingest_worker.core.validate import EventType, check_attributes
+from ingest_worker.worker import resolve
+from ingest_worker.worker.catalog import Catalog, TypeKey
+from ingest_worker.worker.decode import Headers, RawEvent, decode, fallback_event_id
+from ingest_worker.worker.resolve import Claim, Device, DeviceRef
+
+log = logging.getLogger(__name__)
+
+MAX_TX_ATTEMPTS = 5
+
+
+class InRecord(NamedTuple):
+    """What the pipeline needs of a consumed record."""
+
+    source: Source
+    value: bytes | None
+    headers: Headers | None  # None: the client could not read them
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The output topics and the largest record each accepts (`max.message.bytes`)."""
+
+    accepted: str
+    rejected: str
+    accepted_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    rejected_max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Limits a batch applies: how long an Idempotency-Key claim holds, and the most devices
+    auto-created per integration (0: no limit)."""
+
+    idempotency_ttl_s: float = 86400.0
+    max_auto_devices: int = 0
+
+
+@dataclass
+class Outcome:
+    """Output records in input order, and counts by (outcome, code)."""
+
+    records: list[OutRecord] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+class Accepted(NamedTuple):
+    event: RawEvent
+    event_type: EventType
+    ref: DeviceRef
+    device: Device
+
+
+Verdict = Accepted | Rejection
+
+
+async def process(
+    records: Sequence[InRecord],
+    pool: AsyncConnectionPool[Any],
+    catalog: Catalog,
+    topics: Topics,
+    policy: Policy = Policy(),
+) -> Outcome:
+    """Every record of the batch ends as exactly one output record, in input order."""
+    decoded = [decode_record(r) for r in records]
+    events = [d for d in decoded if isinstance(d, RawEvent)]
+    verdicts = await _resolve_isolating(pool, catalog, events, policy) if events else {}
+    outcome = Outcome()
+    for item in decoded:
+        record, verdict = output(
+            verdicts[item.source] if isinstance(item, RawEvent) else item, topics
+        )
+        outcome.records.append(record)
+        outcome.counts[_count_key(verdict)] += 1
+    return outcome
+
+
+def decode_record(record: InRecord) -> RawEvent | Rejection:
+    """`decode`, with any unexpected failure a rejection of this record alone."""
+    try:
+        return decode(record.source, record.value, record.headers, record.timestamp_ms)
+    except BaseException as exc:
+        if not is_recoverable(exc):
+            raise
+        event_id = fallback_event_id(record.source)
+        return unprocessable(record.source, record.value or b"", event_id, None, "decode", exc)
+
+
+def unprocessable(
+    source: Source,
+    value: bytes,
+    event_id: str,
+    integration_id: int | None,
+    stage: str,
+    exc: BaseException,
+) -> Rejection:
+    """The rejection of a record that broke a stage unexpectedly; logged once, with where it
+    came from, so the cause can be found."""
+    log.warning(
+        "record unprocessable",
+        extra={"stage": stage, "source": list(source), "error": repr(exc)[:500]},
+    )
+    message = f"the record could not be processed ({stage}: {type(exc).__name__})"
+    return Rejection(source, value, event_id, integration_id, 422, "unprocessable", message)
+
+
+def _unprocessable_event(event: RawEvent, stage: str, exc: BaseException) -> Rejection:
+    return unprocessable(
+        event.source, event.value, event.event_id, event.integration_id, stage, exc
+    )
+
+
+async def _resolve_isolating(
+    pool: AsyncConnectionPool[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
+) -> dict[Source, Verdict]:
+    """The batch transaction; if PostgreSQL refuses the batch's data (a constraint, a value it
+    cannot store), the batch is split in halves, each its own transaction, until the record
+    it refuses is alone: that one is rejected, the others go on. Side effects are idempotent,
+    so the halves commit apart safely."""
+    try:
+        return await _with_retries(pool, catalog, events, policy)
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+        if len(events) == 1:
+            return {events[0].source: _unprocessable_event(events[0], "resolve", exc)}
+        half = len(events) // 2
+        first = await _resolve_isolating(pool, catalog, events[:half], policy)
+        return first | await _resolve_isolating(pool, catalog, events[half:], policy)
+
+
+async def _with_retries(
+    pool: AsyncConnectionPool[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
+) -> dict[Source, Verdict]:
+    """The batch transaction, retried whole on deadlock or serialization failure."""
+    for attempt in range(1, MAX_TX_ATTEMPTS + 1):
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                verdicts, learned = await _resolve_all(conn, catalog, events, policy)
+            now = time.monotonic()  # committed: the devices exist, so remember them
+            for device, integration_id in learned:
+                catalog.remember_device(device, integration_id, now)
+            return verdicts
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            log.warning("batch transaction retried", extra={"attempt": attempt, "error": str(exc)})
+        except psycopg.OperationalError as exc:  # AdminShutdown included
+            raise DependencyUnavailable(f"PostgreSQL unavailable: {exc}") from exc
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
+            raise  # the batch's data: `_resolve_isolating` finds the record
+        except psycopg.Error as exc:  # read-only after a failover, a missing migration...
+            raise DependencyUnavailable(f"PostgreSQL cannot run the batch: {exc!r}") from exc
+        except PoolTimeout as exc:
+            raise DependencyUnavailable(f"no PostgreSQL connection: {exc}") from exc
+    raise DependencyUnavailable("batch transaction kept deadlocking")
+
+
+async def _resolve_all(
+    conn: psycopg.AsyncConnection[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
+) -> tuple[dict[Source, Verdict], list[tuple[Device, int]]]:
+    """Verdicts of the batch, and the devices it loaded (for the catalog, once committed)."""
+    keys: set[TypeKey] = {(e.integration_id, e.event_type_id) for e in events}
+    catalog.expire(time.monotonic())
+    known, types = await catalog.fill(
+        conn, {e.integration_id for e in events}, keys, time.monotonic()
+    )
+    planned: dict[Source, DeviceRef | Rejection] = {e.source: plan(e, known, types) for e in events}
+    devices = await _devices(conn, catalog, events, planned, policy.max_auto_devices)
+    verdicts = {e.source: _verdict(e, planned[e.source], devices, types) for e in events}
+    keyed = [
+        e
+        for e in events
+        if e.idempotency_key is not None and isinstance(verdicts[e.source], Accepted)
+    ]
+    claims = await resolve.claim_keys(conn, keyed, policy.idempotency_ttl_s)
+    for e in keyed:
+        if claims.get(resolve.claim_key(e)) != Claim(*e.source):
+            verdicts[e.source] = _reject(
+                e, 409, "duplicate", "this Idempotency-Key was already used in this integration"
+            )
+    return verdicts, devices.learned
+
+
+def plan(
+    event: RawEvent, known: set[int], types: dict[TypeKey, EventType]
+) -> DeviceRef | Rejection:
+    """Integration, event type, attributes, then which device: or the first reason to reject
+    (an unexpected failure included)."""
+    try:
+        return _plan(event, known, types)
+    except BaseException as exc:
+        if not is_recoverable(exc):
+            raise
+        return _unprocessable_event(event, "validate", exc)
+
+
+def _plan(
+    event: RawEvent, known: set[int], types: dict[TypeKey, EventType]
+) -> DeviceRef | Rejection:
+    if event.integration_id not in known:
+        return _reject(event, 404, "unknown_integration", "no such integration")
+    event_type = types.get((event.integration_id, event.event_type_id))
+    if event_type is None:
+        return _reject(event, 404, "unknown_event_type", "no such event type in this integration")
+    errors, total = check_attributes(event_type, event.body["attributes"], len(event.value))
+    if errors:
+        return Rejection(
+            event.source,
+            event.value,
+            event.event_id,
+            event.integration_id,
+            400,
+            "invalid_attributes",
+            "the attributes do not match the event type's schema",
+            errors,
+            total,
+            counted=total is not None,
+        )
+    return resolve.device_ref(event, event_type)
+
+
+@dataclass(frozen=True, slots=True)
+class _Devices:
+    direct: dict[int, tuple[Device, int]]
+    external: dict[tuple[int, str], Device]
+    refused: set[tuple[int, str]]
+    learned: list[tuple[Device, int]]  # loaded from PostgreSQL: (device, its integration)
+
+
+async def _devices(
+    conn: psycopg.AsyncConnection[Any],
+    catalog: Catalog,
+    events: list[RawEvent],
+    planned: dict[Source, DeviceRef | Rejection],
+    max_auto: int,
+) -> _Devices:
+    """Devices named by the batch: from the catalog's copy, else in one query per kind."""
+    direct_ids: set[int] = set()
+    wanted: dict[tuple[int, str], str] = {}
+    for e in events:
+        ref = planned[e.source]
+        if isinstance(ref, DeviceRef) and ref.device_id is not None:
+            direct_ids.add(ref.device_id)
+        elif isinstance(ref, DeviceRef) and ref.external_id is not None:
+            wanted.setdefault((e.integration_id, ref.external_id), e.event_id)
+    direct = {i: found for i in direct_ids if (found := catalog.device_by_id(i)) is not None}
+    external = {k: hit for k in wanted if (hit := catalog.device_by_key(k)) is not None}
+    loaded_direct = await resolve.direct_devices(conn, direct_ids - direct.keys())
+    loaded = await resolve.external_devices(
+        conn, {k: v for k, v in wanted.items() if k not in external}, max_auto
+    )
+    learned = [*loaded_direct.values()]
+    learned += [(device, key[0]) for key, device in loaded.devices.items()]
+    return _Devices(direct | loaded_direct, external | loaded.devices, loaded.refused, learned)
+
+
+def _verdict(
+    event: RawEvent,
+    ref: DeviceRef | Rejection,
+    devices: _Devices,
+    types: dict[TypeKey, EventType],
+) -> Verdict:
+    if isinstance(ref, Rejection):
+        return ref
+    event_type = types[event.integration_id, event.event_type_id]
+    if ref.device_id is not None:
+        found = devices.direct.get(ref.device_id)
+        if found is None or found[1] != event.integration_id:
+            return _reject(event, 404, "device_not_found", "no such device in this integration")
+        return Accepted(event, event_type, ref, found[0])
+    key = (event.integration_id, str(ref.external_id))
+    device = devices.external.get(key)
+    if device is None and key in devices.refused:
+        return _reject(
+            event, 403, "device_limit_reached", "the integration has its most auto-created devices"
+        )
+    if device is None:  # its integration was deleted during the batch
+        return _reject(event, 404, "unknown_integration", "no such integration")
+    return Accepted(event, event_type, ref, device)
+
+
+def _reject(event: RawEvent, status: int, code: str, message: str) -> Rejection:
+    return Rejection(
+        event.source, event.value, event.event_id, event.integration_id, status, code, message
+    )
+
+
+def output(verdict: Verdict, topics: Topics) -> tuple[OutRecord, Verdict]:
+    """The one output record of a verdict, within its topic's size limit: an accepted event
+    that cannot be encoded, or would not fit, becomes a rejection (which always fits)."""
+    if isinstance(verdict, Accepted):
+        event = verdict.event
+        try:
+            record = _accepted_record(verdict, topics)
+        except BaseException as exc:
+            if not is_recoverable(exc):
+                raise
+            verdict = _unprocessable_event(event, "encode", exc)
+        else:
+            if record_size(record.key, record.value, record.headers) <= topics.accepted_max_bytes:
+                return record, verdict
+            verdict = _reject(
+                event, 413, "record_too_large", "the accepted record exceeds the topic's limit"
+            )
+    return _rejected_record(verdict, topics), verdict
+
+
+def _rejected_record(rejection: Rejection, topics: Topics) -> OutRecord:
+    key = headers_value = rejection.event_id.encode()
+    headers = [("event-id", headers_value)]
+    room = topics.rejected_max_bytes - record_size(key, b"", headers)
+    return OutRecord(topics.rejected, key, encode.rejected_value(rejection, room), headers)
+
+
+def _accepted_record(verdict: Accepted, topics: Topics) -> OutRecord:
+    event = verdict.event
+    headers = [("event-id", event.event_id.encode())]
+    if event.traceparent:
+        headers.append(("traceparent", event.traceparent.encode()))
+    return OutRecord(
+        topics.accepted,
+        str(verdict.device.id).encode(),
+        encode.accepted_value(accepted_fields(verdict)),
+        headers,
+    )
+
+
+def accepted_fields(verdict: Accepted) -> dict[str, Any]:
+    """The Avro record of an accepted event, defaults applied."""
+    event, body, event_type = verdict.event, verdict.event.body, verdict.event_type
+    return {
+        "event_id": event.event_id,
+        "integration_id": event.integration_id,
+        "integration_event_type_id": event.event_type_id,
+        "event_type_version": event_type.version,
+        "integration_device_id": verdict.device.id,
+        "device_external_id": verdict.device.external_id,
+        "device_resolution": verdict.ref.method,
+        "device_created": verdict.device.created_by_event == event.event_id,
+        "timestamp": event.timestamp_us,
+        "duration_ms": int(body.get("duration", event_type.duration_ms)),
+        "buffer_ms": int(body.get("buffer", event_type.buffer_ms)),
+        "attributes_json": orjson.dumps(body["attributes"]).decode(),
+        "received_at": event.received_at_ms,
+        "idempotency_key": event.idempotency_key,
+    }
+
+
+def _count_key(verdict: Verdict) -> tuple[str, str]:
+    if isinstance(verdict, Rejection):
+        return ("rejected", verdict.code)
+    return ("accepted", verdict.ref.method)
