@@ -90,6 +90,9 @@ _UNBOUNDED_LONGS = ("timestamp", "received_at")
 
 def _long(out: bytearray, value: int) -> None:
     """Avro int/long: zig-zag, then base-128 varint."""
+    if 0 <= value < 64:  # one byte: most ids, versions, enum and union indexes
+        out.append(value << 1)
+        return
     n = (value << 1) ^ (value >> 63)
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)

@@ -85,10 +85,11 @@ def consumer_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
 _headers_of = operator.methodcaller("headers")
 
 
-def in_record(message: Message) -> InRecord:
-    """What the pipeline needs of a consumed record. The client cannot turn a header name
-    that is not UTF-8 into text: reading the headers fails and leaves them unusable, so they
-    are replaced by none and the record is read as one with unreadable headers."""
+def in_record(message: Message, topic: str) -> InRecord:
+    """What the pipeline needs of a consumed record (of `topic`: one string for all). The
+    client cannot turn a header name that is not UTF-8 into text: reading the headers fails
+    and leaves them unusable, so they are replaced by none and the record is read as one
+    with unreadable headers."""
     headers: Headers | None
     try:
         headers = cast(Headers, _headers_of(message) or [])
@@ -97,7 +98,7 @@ def in_record(message: Message) -> InRecord:
         headers = None
     _, timestamp_ms = message.timestamp()
     return InRecord(
-        Source(str(message.topic()), int(message.partition() or 0), int(message.offset() or 0)),
+        Source(topic, cast(int, message.partition()), cast(int, message.offset())),
         message.value(),
         headers,
         timestamp_ms,
@@ -168,7 +169,7 @@ class Worker:
     async def step(self) -> None:
         """One poll: process what came, queue it, commit when the interval is up."""
         messages = await self._poll()
-        records = self._fresh(messages)
+        records, last = self._fresh(messages)
         started = time.perf_counter()
         try:
             outcome = await self.process(records) if records else None
@@ -178,9 +179,9 @@ class Worker:
         if not await self._settled():
             return
         if outcome is not None:
-            if not await self._queue(records, outcome):
+            if not await self._queue(last, len(records), outcome):
                 return
-            self._observe(records, outcome, time.perf_counter() - started)
+            self._observe(last, outcome, time.perf_counter() - started)
         if self.offsets.due(
             time.monotonic(),
             self.settings.worker_commit_interval_ms / 1000,
@@ -212,20 +213,25 @@ class Worker:
         """One output record per input record, in order."""
         return await pipeline.process(records, self.pool, self.catalog, self.topics, self.policy)
 
-    def _fresh(self, messages: list[Message]) -> list[InRecord]:
-        """The records to process: consumer errors logged, replays below the next offset
-        dropped."""
-        records = []
+    def _fresh(self, messages: list[Message]) -> tuple[list[InRecord], dict[Partition, int]]:
+        """The records to process, and the last offset of each partition among them:
+        consumer errors logged, replays below the next offset dropped."""
+        records: list[InRecord] = []
+        last: dict[Partition, int] = {}
+        partitions: dict[int, Partition] = {}
+        topic = self.settings.raw_topic
         for message in messages:
             error = message.error()
             if error is not None:
                 self._consumer_error(error)
                 continue
-            record = in_record(message)
-            tp = Partition(record.source.topic, record.source.partition)
-            if self.offsets.fresh(tp, record.source.offset):
+            record = in_record(message, topic)
+            number, offset = record.source.partition, record.source.offset
+            tp = partitions.get(number) or partitions.setdefault(number, Partition(topic, number))
+            if self.offsets.fresh(tp, offset):
                 records.append(record)
-        return records
+                last[tp] = offset
+        return records, last
 
     def _consumer_error(self, error: Any) -> None:
         if error.fatal():
@@ -233,7 +239,9 @@ class Worker:
         self.metrics.retries.labels("fetch").inc()
         log.warning("kafka consumer error", extra={"error": str(error)})
 
-    async def _queue(self, records: list[InRecord], outcome: pipeline.Outcome) -> bool:
+    async def _queue(
+        self, last: dict[Partition, int], count: int, outcome: pipeline.Outcome
+    ) -> bool:
         """Put a batch's outputs in the open transaction; False if it had to be put back."""
         try:
             await self.sink.ensure()
@@ -241,8 +249,7 @@ class Worker:
         except DependencyUnavailable as exc:
             await self._recover("kafka", exc)
             return False
-        last = {Partition(r.source.topic, r.source.partition): r.source.offset for r in records}
-        self.offsets.processed(last, len(records), time.monotonic())
+        self.offsets.processed(last, count, time.monotonic())
         return True
 
     async def _commit_soon(self) -> None:
@@ -361,20 +368,19 @@ class Worker:
         return backoff_s(failures, self.settings.backoff_max_s, random.random())  # noqa: S311
 
     def _observe(
-        self, records: list[InRecord], outcome: pipeline.Outcome, elapsed_s: float
+        self, last: dict[Partition, int], outcome: pipeline.Outcome, elapsed_s: float
     ) -> None:
         for (kind, code), count in outcome.counts.items():
             self.metrics.records.labels(kind, code).inc(count)
         self.metrics.batch_records.observe(len(outcome.records))
         self.metrics.batch_seconds.observe(elapsed_s)
-        last = {(r.source.topic, r.source.partition): r.source.offset for r in records}
-        for (topic, partition), offset in last.items():
+        for tp, offset in last.items():
             with suppress(KafkaException):
                 _, high = self.consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), cached=True
+                    TopicPartition(tp.topic, tp.partition), cached=True
                 )
                 if high >= 0:
-                    self.metrics.lag.labels(str(partition)).set(max(0, high - offset - 1))
+                    self.metrics.lag.labels(str(tp.partition)).set(max(0, high - offset - 1))
 
     async def close(self) -> None:
         """Leave the group (within the timeout) and stop the consumer's thread."""

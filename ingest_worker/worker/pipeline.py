@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ from ingest_worker.core.validate import EventType, check_attributes
 from ingest_worker.worker import resolve
 from ingest_worker.worker.catalog import Catalog, TypeKey
 from ingest_worker.worker.decode import Headers, RawEvent, decode, fallback_event_id
-from ingest_worker.worker.resolve import Claim, Device, DeviceRef
+from ingest_worker.worker.resolve import Claim, ClaimKey, Device, DeviceRef
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ async def _resolve_all(
     )
     planned: dict[Source, DeviceRef | Rejection] = {e.source: plan(e, known, types) for e in events}
     devices = await _devices(conn, catalog, events, planned, policy.max_auto_devices)
-    verdicts = {e.source: _verdict(e, planned[e.source], devices, types) for e in events}
+    verdicts = {e.source: verdict(e, planned[e.source], devices, types) for e in events}
     keyed = [
         e
         for e in events
@@ -193,11 +193,20 @@ async def _resolve_all(
     ]
     claims = await resolve.claim_keys(conn, keyed, policy.idempotency_ttl_s)
     for e in keyed:
-        if claims.get(resolve.claim_key(e)) != Claim(*e.source):
-            verdicts[e.source] = _reject(
-                e, 409, "duplicate", "this Idempotency-Key was already used in this integration"
-            )
+        verdicts[e.source] = claimed(e, verdicts[e.source], claims)
     return verdicts, devices.learned
+
+
+def claimed(event: RawEvent, verdict: Verdict, claims: Mapping[ClaimKey, Claim]) -> Verdict:
+    """An accepted event whose Idempotency-Key another raw record claimed is a duplicate; a
+    claim this very record made (a replay of it) is not."""
+    if event.idempotency_key is None or not isinstance(verdict, Accepted):
+        return verdict
+    if claims.get(resolve.claim_key(event)) == Claim(*event.source):
+        return verdict
+    return _reject(
+        event, 409, "duplicate", "this Idempotency-Key was already used in this integration"
+    )
 
 
 def plan(
@@ -239,7 +248,10 @@ def _plan(
 
 
 @dataclass(frozen=True, slots=True)
-class _Devices:
+class Devices:
+    """The devices a batch names, as loaded: by id (with their integration), by (integration,
+    external id), the external ids refused by the auto-create cap, and what was loaded."""
+
     direct: dict[int, tuple[Device, int]]
     external: dict[tuple[int, str], Device]
     refused: set[tuple[int, str]]
@@ -252,7 +264,7 @@ async def _devices(
     events: list[RawEvent],
     planned: dict[Source, DeviceRef | Rejection],
     max_auto: int,
-) -> _Devices:
+) -> Devices:
     """Devices named by the batch: from the catalog's copy, else in one query per kind."""
     direct_ids: set[int] = set()
     wanted: dict[tuple[int, str], str] = {}
@@ -270,15 +282,18 @@ async def _devices(
     )
     learned = [*loaded_direct.values()]
     learned += [(device, key[0]) for key, device in loaded.devices.items()]
-    return _Devices(direct | loaded_direct, external | loaded.devices, loaded.refused, learned)
+    return Devices(direct | loaded_direct, external | loaded.devices, loaded.refused, learned)
 
 
-def _verdict(
+def verdict(
     event: RawEvent,
     ref: DeviceRef | Rejection,
-    devices: _Devices,
+    devices: Devices,
     types: dict[TypeKey, EventType],
 ) -> Verdict:
+    """The event's fate once the batch's devices are loaded: accepted with its device, or
+    why not (a direct id of no device of its integration, an external id past the
+    auto-create cap, an integration deleted during the batch)."""
     if isinstance(ref, Rejection):
         return ref
     event_type = types[event.integration_id, event.event_type_id]

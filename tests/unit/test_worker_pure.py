@@ -106,7 +106,7 @@ def test_a_record_whose_headers_cannot_be_read_is_rejected_not_fatal() -> None:
     """Headers the client cannot read (a header name that is not UTF-8) make the record an
     `invalid_request` rejection that names them; it never stops the partition."""
     message = Message(topic="raw", partition=2, offset=7, value=b"{}", timestamp=(1, 5))
-    record = in_record(message)
+    record = in_record(message, "raw")
     assert record.headers == []
     verdict = decode(record.source, record.value, None, record.timestamp_ms)
     assert isinstance(verdict, Rejection)
