@@ -476,12 +476,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics = WorkerMetrics()
+    metrics.set_dependencies_up(False)  # not ready until its consumer and producer are up
     async with AsyncExitStack() as stack:
         if settings.worker_http_port:
             await stack.enter_async_context(_side_server(settings, metrics))
         worker = await stack.enter_async_context(
             running(settings, settings.kafka_bootstrap_servers, settings.database_url, metrics)
         )
+        metrics.set_dependencies_up(True)
         log.info("worker running", extra={"group": settings.group_id, "topic": settings.raw_topic})
         await worker.run(stop)
     log.info("worker stopped")
