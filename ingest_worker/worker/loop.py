@@ -186,6 +186,7 @@ class Worker:
             time.monotonic(),
             self.settings.worker_commit_interval_ms / 1000,
             self.settings.worker_txn_max_records,
+            caught_up=len(messages) < self.settings.worker_batch_max_records,
         ):
             await self._commit_soon()
 

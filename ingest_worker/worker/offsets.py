@@ -44,11 +44,15 @@ class Offsets:
         if self.opened_at is None:
             self.opened_at = now
 
-    def due(self, now: float, interval_s: float, max_records: int) -> bool:
-        """Whether the open transaction should commit now."""
+    def due(self, now: float, interval_s: float, max_records: int, caught_up: bool = False) -> bool:
+        """Whether the open transaction should commit now: the interval is up, it holds the
+        most records, or the last poll came back short (caught up with the topic: nothing
+        gains from waiting, and the outputs become visible sooner)."""
         if self.opened_at is None:
             return False
-        return now - self.opened_at >= interval_s or self.pending_records >= max_records
+        return (
+            caught_up or now - self.opened_at >= interval_s or self.pending_records >= max_records
+        )
 
     def take_pending(self) -> dict[Partition, int]:
         """The offsets the open transaction commits; the next one starts empty."""

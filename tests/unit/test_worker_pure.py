@@ -66,7 +66,8 @@ def test_error_classes_follow_librdkafka() -> None:
 
 def test_offsets_drop_replays_and_commit_by_time_or_size() -> None:
     """A record below a partition's next offset is a replay; the open transaction is due
-    after the interval or at the record cap; a rewind resumes from the broker's offsets."""
+    after the interval, at the record cap, or once a poll comes back short; a rewind resumes
+    from the broker's offsets."""
     offsets, tp = Offsets(), Partition("raw", 0)
     assert offsets.fresh(tp, 0)
     offsets.processed({tp: 9}, 10, now=100.0)
@@ -75,6 +76,7 @@ def test_offsets_drop_replays_and_commit_by_time_or_size() -> None:
     assert not offsets.due(100.05, interval_s=0.1, max_records=50)
     assert offsets.due(100.2, interval_s=0.1, max_records=50)
     assert offsets.due(100.0, interval_s=10, max_records=10)
+    assert offsets.due(100.0, interval_s=10, max_records=50, caught_up=True)
     assert offsets.take_pending() == {tp: 10}
     assert not offsets.due(1e9, interval_s=0.1, max_records=1)
     offsets.processed({tp: 19}, 10, now=101.0)
