@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, LiteralString
 
 import orjson
+from psycopg import sql
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
@@ -241,6 +242,7 @@ async def list_response(
     table: LiteralString,
     *,
     scoped: bool = True,
+    overlaps: Sequence[sql.Composable] = (),
     **equals: Any,
 ) -> Response:
     """One page of a table in Spot's list envelope `{key: [...], "prev", "next"}`; `scoped`
@@ -252,7 +254,7 @@ async def list_response(
         filters = store.everything()
         if integration_id is not None:
             await store.integration_exists(conn, integration_id)
-            filters = store.by_integration(integration_id, **equals)
+            filters = store.by_integration(integration_id, overlaps, **equals)
         cursor = query_value(request, "cursor")
         found = await store.page(conn, columns, table, filters, cursor, limit)
     return json_response({key: found.items, "prev": found.prev, "next": found.next})
@@ -282,6 +284,17 @@ def limit_param(request: Request) -> int:
 def query_int(raw: str) -> int | None:
     """A query value of 1..18 ASCII digits as an int; None for anything else."""
     return int(raw) if _ASCII_DIGITS.fullmatch(raw) else None
+
+
+def query_list(request: Request, name: str) -> list[str]:
+    """A list parameter as Spot takes it: repeated keys, comma lists, or both; empty items
+    dropped; a 400 naming it when a value holds NUL."""
+    values = []
+    for raw in request.query_params.getlist(name):
+        if "\x00" in raw:
+            raise invalid([FieldError(name, "must not contain the NUL character (U+0000)")])
+        values += [item.strip() for item in raw.split(",") if item.strip()]
+    return values
 
 
 def query_value(request: Request, name: str) -> str | None:

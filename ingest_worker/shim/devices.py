@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from psycopg import sql
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,6 +16,8 @@ from ingest_worker.shim.common import (
     json_response,
     list_response,
     path_id,
+    query_int,
+    query_list,
     query_value,
     route,
     row_response,
@@ -49,14 +52,34 @@ async def create(request: Request) -> Response:
 
 
 async def list_all(request: Request) -> Response:
-    """Devices of the integration, optionally the one with `external_id`."""
+    """Devices of the integration; `external_id` names one; `tags` and `camera_ids` (Spot's
+    filters, repeated keys or comma lists) keep those with any of the given tags and any of
+    the given cameras."""
     admin(request)
     external_id = query_value(request, "external_id")
     if external_id is not None and not 1 <= len(external_id) <= 255:
         raise invalid([FieldError("external_id", "must be 1..255 characters")])
     return await list_response(
-        request, "integration_devices", DEVICE_COLUMNS, "devices", external_id=external_id
+        request,
+        "integration_devices",
+        DEVICE_COLUMNS,
+        "devices",
+        overlaps=_filters(query_list(request, "tags"), query_list(request, "camera_ids")),
+        external_id=external_id,
     )
+
+
+def _filters(tags: list[str], cameras: list[str]) -> list[sql.Composed]:
+    """The `&&` filters of the given tags and camera ids (each an int32, else a 400)."""
+    ids = [query_int(c) for c in cameras]
+    if any(i is None or i >= 2**31 for i in ids):
+        raise invalid([FieldError("camera_ids", "must be integer ids")])
+    found = []
+    if tags:
+        found.append(store.overlap("tags", tags, "text[]"))
+    if ids:
+        found.append(store.overlap("camera_ids", ids, "integer[]"))
+    return found
 
 
 async def read(request: Request) -> Response:

@@ -28,13 +28,15 @@ _PROBLEM_STATUSES = {
 _OBJECTS: dict[str, Json] = {
     "problem": {
         "type": "object",
-        "required": ["type", "title", "status", "detail", "code"],
+        "required": ["type", "title", "status", "detail", "code", "name", "message"],
         "properties": {
             "type": {"type": "string"},
             "title": {"type": "string"},
             "status": {"type": "integer"},
             "code": {"type": "string"},
             "detail": {"type": "string"},
+            "name": {"type": "string", "description": "Spot's member: the title"},
+            "message": {"type": "string", "description": "Spot's member: the detail"},
             "details": {
                 "type": "array",
                 "items": {
@@ -327,6 +329,21 @@ def _paths() -> Json:
             },
         }
     )
+    paths[devices]["get"]["parameters"] += [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": f"{what}: repeated keys or comma lists; any of them matches",
+            "style": "form",
+            "explode": True,
+            "schema": {"type": "array", "items": item},
+        }
+        for name, what, item in (
+            ("tags", "tags", {"type": "string", "pattern": "^[^\\u0000,]+$"}),
+            ("camera_ids", "camera ids", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+        )
+    ]
     device_ok = ("200", _envelope("integration_device", "device"))
     paths[f"{devices}/{{device_id}}"]["put"] = _op(
         "Update device name and tags",

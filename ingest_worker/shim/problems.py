@@ -35,12 +35,17 @@ class Problem(Exception):  # noqa: N818 - raised by handlers, rendered by the ap
     retry_after_s: int | None = None
 
     def body(self) -> bytes:
+        """RFC 9457's members, and Spot's `name` (the title) and `message` (the detail), which
+        Spot clients read."""
+        title = _TITLES.get(self.status, "Error")
         document: dict[str, Any] = {
             "type": f"/problems/{self.code}",
-            "title": _TITLES.get(self.status, "Error"),
+            "title": title,
             "status": self.status,
             "code": self.code,
             "detail": self.detail,
+            "name": title,
+            "message": self.detail,
         }
         if self.details:
             document["details"] = [d.as_json() for d in self.details]

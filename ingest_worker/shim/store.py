@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -192,15 +192,24 @@ async def _exists(
     return bool(row and row["exists"])
 
 
-def by_integration(integration_id: int, **equals: Any) -> sql.Composed:
-    """`integration_id = X [AND col = value ...]` as a composed filter."""
-    parts = [sql.SQL("integration_id = {}").format(integration_id)]
+def by_integration(
+    integration_id: int, overlaps: Sequence[sql.Composable] = (), **equals: Any
+) -> sql.Composed:
+    """`integration_id = X [AND col = value ...] [AND overlap ...]` as a composed filter."""
+    parts: list[sql.Composable] = [sql.SQL("integration_id = {}").format(integration_id)]
     parts += [
         sql.SQL("{} = {}").format(sql.Identifier(col), value)
         for col, value in equals.items()
         if value is not None
     ]
-    return sql.SQL(" AND ").join(parts)
+    return sql.SQL(" AND ").join([*parts, *overlaps])
+
+
+def overlap(
+    column: LiteralString, values: Sequence[Any], array_type: LiteralString
+) -> sql.Composed:
+    """`column` holds any of `values` (an array column, `&&`)."""
+    return sql.SQL("{} && {}::" + array_type).format(sql.Identifier(column), list(values))
 
 
 async def one(conn: Conn, query: LiteralString, params: tuple[Any, ...], what: str) -> Row:

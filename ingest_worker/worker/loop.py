@@ -131,6 +131,7 @@ class Worker:
         self._failures = 0
         self._purge_due = 0.0
         self._stop = asyncio.Event()
+        self._stuck_after_s = 3 * settings.kafka_timeout_s + 5
 
     # -- the consumer's thread: librdkafka calls, and the rebalance callbacks they run --
 
@@ -271,7 +272,7 @@ class Worker:
         if committing is None:
             return True
         try:
-            await committing
+            await self._outcome(committing)
         except DependencyUnavailable as exc:
             await self._recover("kafka", exc)
             return False
@@ -280,6 +281,18 @@ class Worker:
         self._failures = 0
         self.metrics.set_dependencies_up(True)
         return True
+
+    async def _outcome(self, committing: asyncio.Future[None]) -> None:
+        """A commit's outcome, waited for within the bound of its calls (send the offsets,
+        commit, abort). librdkafka has been seen to hold a call past its timeout while the
+        broker was frozen: then the sink is given up (its producer is fenced by the next
+        one, which settles the transaction) and a fresh one takes over."""
+        try:
+            await asyncio.wait_for(asyncio.shield(committing), self._stuck_after_s)
+        except TimeoutError:
+            log.warning("commit stuck past its bound; producer replaced")
+            self.sink = self.sink.successor()
+            raise DependencyUnavailable("the commit did not return") from None
 
     async def finish(self) -> None:
         """On the way out: settle the commit in flight and commit what is processed."""
@@ -301,7 +314,7 @@ class Worker:
         )
         if self._committing is not None:  # its outcome shows in the committed offsets
             with suppress(DependencyUnavailable):
-                await self._committing
+                await self._outcome(self._committing)
             self._committing = None
         await self.sink.abort()
         self.offsets.take_pending()  # aborted: never to be committed, even on the way out
@@ -392,6 +405,7 @@ class Worker:
         except (KafkaException, TimeoutError) as exc:
             log.warning("consumer closed without leaving the group", extra={"error": str(exc)})
         self._thread.shutdown(wait=False)
+        await self.sink.close()
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:
@@ -437,11 +451,10 @@ async def running(
             settings.kafka_timeout_s,
         )
         await sink.ensure()
-        stack.push_async_callback(sink.close)
         consumer = Consumer(consumer_config(settings, bootstrap))
         worker = Worker(settings, consumer, sink, pool, catalog, metrics, topics)
+        stack.push_async_callback(worker.close)  # the consumer, then whichever sink is current
         await worker.on_consumer(worker.subscribe)
-        stack.push_async_callback(worker.close)
         log.info("transactional producer ready", extra={"transactional_id": txn_id})
         yield worker
 

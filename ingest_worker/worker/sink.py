@@ -136,6 +136,18 @@ class Sink:
                     self._drop()
             self._open = False
 
+    def successor(self) -> Sink:
+        """A fresh sink with the same settings, for when this one's thread is stuck in a
+        librdkafka call: this one drops its producer once the call returns, and the
+        successor's producer (same transactional id) fences it meanwhile."""
+        self._thread.submit(self._drop_locked)
+        self._thread.shutdown(wait=False)
+        return type(self)(self._config, self._timeout_s)
+
+    def _drop_locked(self) -> None:
+        with self._lock:
+            self._drop()
+
     async def close(self) -> None:
         """Abort anything open and stop the producer, within the timeout."""
         await self.abort()

@@ -41,6 +41,7 @@ def _assert_problem(answer: httpx.Response, status: int, code: str) -> dict[str,
     assert answer.headers["content-type"] == "application/problem+json"
     problem: dict[str, Any] = answer.json()
     assert problem["code"] == code
+    assert (problem["name"], problem["message"]) == (problem["title"], problem["detail"])  # Spot's
     return problem
 
 

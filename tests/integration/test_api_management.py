@@ -167,6 +167,39 @@ async def test_device_list_pages_until_next_is_null_and_filters(
         assert (await admin_client.get(base, params=bad)).status_code == 400
 
 
+async def test_device_list_filters_by_tags_and_cameras_as_spot_does(
+    admin_client: httpx.AsyncClient, integration_id: int
+) -> None:
+    """`tags` and `camera_ids` (repeated keys or comma lists) keep the devices with any of the
+    given tags and any of the given cameras; both given, a device must match each."""
+    base = f"/v1/integrations/{integration_id}/devices"
+    devices = {
+        "a": (["pos", "north"], [1]),
+        "b": (["pos"], [2, 3]),
+        "c": (["door"], [3]),
+        "d": ([], []),
+    }
+    for name, (tags, cameras) in devices.items():
+        body = {"name": name, "external_id": name, "tags": tags, "camera_ids": cameras}
+        assert (await admin_client.post(base, json=body)).status_code == 200
+
+    async def names(query: str) -> list[str]:
+        answer = await admin_client.get(f"{base}?{query}")
+        assert answer.status_code == 200, answer.text
+        return sorted(d["name"] for d in answer.json()["integration_devices"])
+
+    assert await names("tags=pos") == ["a", "b"]
+    assert await names("tags=door,north") == ["a", "c"]
+    assert await names("tags=door&tags=north") == ["a", "c"]
+    assert await names("camera_ids=3") == ["b", "c"]
+    assert await names("camera_ids=1,2") == ["a", "b"]
+    assert await names("tags=pos&camera_ids=3") == ["b"]
+    assert await names("tags=none") == []
+    assert await names("") == ["a", "b", "c", "d"]
+    for bad in ("camera_ids=x", "camera_ids=99999999999", "tags=a%00b"):
+        assert (await admin_client.get(f"{base}?{bad}")).status_code == 400
+
+
 async def test_tokens_are_shown_once_and_stored_hashed(
     api: RunningApi, admin_client: httpx.AsyncClient, integration_id: int
 ) -> None:

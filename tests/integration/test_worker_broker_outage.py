@@ -102,6 +102,52 @@ async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
     assert counts == {1: len(ids)}, counts
 
 
+class StuckSink(Sink):
+    """The first commit commits, then holds the sink's thread far past every bound before
+    failing: a librdkafka call that does not return on time (seen with a frozen broker)."""
+
+    stuck_once = False
+
+    def _commit_blocking(self, offsets: list[TopicPartition], group: object) -> None:
+        super()._commit_blocking(offsets, group)
+        if not StuckSink.stuck_once:
+            StuckSink.stuck_once = True
+            time.sleep(12)
+            raise TransactionFailed("injected: returned far too late")
+
+
+async def test_a_commit_stuck_past_its_bound_gets_a_new_producer(
+    settings: Settings, kafka_bootstrap: str, api_database: str
+) -> None:
+    """A commit that does not return within its bound (3 x INGEST_KAFKA_TIMEOUT_S + 5 s) is
+    given up: a fresh sink and producer take over (fencing the stuck one) and resume from the
+    committed offsets, so every event still comes out exactly once."""
+    own = fresh_settings(
+        settings, worker_batch_max_records=50, kafka_timeout_s=1.0, backoff_max_s=0.5
+    )
+    await ensure_topics(kafka_bootstrap, own, partitions=1)
+    async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
+        integration_id, type_id = await integration_with_type(
+            client, TEMPLATE_SCHEMA, "store-{store}"
+        )
+        events = [event_body(type_id, {"store": f"s{i % 20}", "n": i}) for i in range(300)]
+        ids = await import_events(client, integration_id, events)
+    metrics, stop = WorkerMetrics(), asyncio.Event()
+    first: Sink | None = None
+    async with running(own, kafka_bootstrap, api_database, metrics, sink_class=StuckSink) as worker:
+        first = worker.sink
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            found = await outputs_by_id(kafka_bootstrap, own, ids, timeout_s=90)
+        finally:
+            stop.set()
+            await task
+        assert worker.sink is not first  # replaced
+    assert StuckSink.stuck_once
+    counts = Counter(len(found.get(i.encode(), [])) for i in ids)
+    assert counts == {1: len(ids)}, counts
+
+
 @contextmanager
 def _frozen(work: Path) -> Iterator[None]:
     """The broker's JVM stopped (SIGSTOP): connections hang, nothing is answered, like a
