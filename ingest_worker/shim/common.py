@@ -242,12 +242,14 @@ async def list_response(
     table: LiteralString,
     *,
     scoped: bool = True,
+    unpaged_by_default: bool = False,
     overlaps: Sequence[sql.Composable] = (),
     **equals: Any,
 ) -> Response:
     """One page of a table in Spot's list envelope `{key: [...], "prev", "next"}`; `scoped`
-    lists the rows of the path's integration (404 if it does not exist). The caller has
-    checked the token."""
+    lists the rows of the path's integration (404 if it does not exist); `unpaged_by_default`
+    answers every row when neither `limit` nor `cursor` is given. The caller has checked the
+    token."""
     limit = limit_param(request)
     integration_id = path_id(request, "integration_id", "integration") if scoped else None
     async with deps(request).store.tx() as conn:
@@ -256,7 +258,10 @@ async def list_response(
             await store.integration_exists(conn, integration_id)
             filters = store.by_integration(integration_id, overlaps, **equals)
         cursor = query_value(request, "cursor")
-        found = await store.page(conn, columns, table, filters, cursor, limit)
+        if unpaged_by_default and cursor is None and "limit" not in request.query_params:
+            found = await store.unpaged(conn, columns, table, filters)
+        else:
+            found = await store.page(conn, columns, table, filters, cursor, limit)
     return json_response({key: found.items, "prev": found.prev, "next": found.next})
 
 

@@ -34,9 +34,15 @@ async def create(request: Request) -> Response:
 
 
 async def list_all(request: Request) -> Response:
+    """Every integration, as Spot answers it; paged when `limit` or `cursor` is given."""
     admin(request)
     return await list_response(
-        request, "integrations", INTEGRATION_COLUMNS, "integrations", scoped=False
+        request,
+        "integrations",
+        INTEGRATION_COLUMNS,
+        "integrations",
+        scoped=False,
+        unpaged_by_default=True,
     )
 
 

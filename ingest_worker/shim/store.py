@@ -162,6 +162,17 @@ async def page(
     return await _cursors(conn, table, filters, rows, position, more)
 
 
+async def unpaged(
+    conn: Conn, columns: LiteralString, table: LiteralString, filters: sql.Composed
+) -> Page:
+    """Every row matching `filters`, by id: one page with no cursors."""
+    query = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY id").format(
+        sql.SQL(columns), sql.SQL(table), filters
+    )
+    rows = await (await conn.execute(query)).fetchall()
+    return Page([jsonable(r) for r in rows], None, None)
+
+
 async def _cursors(
     conn: Conn,
     table: LiteralString,

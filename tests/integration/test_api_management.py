@@ -51,6 +51,26 @@ async def test_integration_lifecycle(admin_client: httpx.AsyncClient) -> None:
     assert (await admin_client.get(path)).status_code == 404
 
 
+async def test_integration_list_without_limit_is_every_integration(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    """As Spot answers it: without `limit` or `cursor` the list holds every integration (more
+    than a page of 50) with no cursors; with `limit` it pages."""
+    made = await asyncio.gather(
+        *(admin_client.post("/v1/integrations", json={"name": f"i{n}"}) for n in range(55))
+    )
+    ids = {answer.json()["integration"]["id"] for answer in made}
+    everything = (await admin_client.get("/v1/integrations")).json()
+    assert ids <= {i["id"] for i in everything["integrations"]}
+    assert len(everything["integrations"]) >= 55
+    assert (everything["prev"], everything["next"]) == (None, None)
+    listed = [i["id"] for i in everything["integrations"]]
+    assert listed == sorted(listed)
+    paged = (await admin_client.get("/v1/integrations", params={"limit": 10})).json()
+    assert len(paged["integrations"]) == 10
+    assert paged["next"] is not None
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
