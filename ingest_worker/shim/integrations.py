@@ -17,6 +17,8 @@ from ingest_worker.shim.common import (
 from ingest_worker.shim.store import INTEGRATION_COLUMNS
 
 KEY = "integration"
+# Spot's integration types and their ids.
+TYPE_IDS = {"custom": 1, "pos": 2}
 
 
 async def create(request: Request) -> Response:
@@ -25,8 +27,9 @@ async def create(request: Request) -> Response:
     answer = await row_response(
         request,
         KEY,
-        f"INSERT INTO integrations (name) VALUES (%s) RETURNING {INTEGRATION_COLUMNS}",
-        (body["name"],),
+        "INSERT INTO integrations (name, integration_type_id) VALUES (%s, %s) "
+        f"RETURNING {INTEGRATION_COLUMNS}",
+        (body["name"], TYPE_IDS[body.get("integration_type", "custom")]),
         "integration",
     )
     await refresh_auth(request)
@@ -64,8 +67,10 @@ async def update(request: Request) -> Response:
     return await row_response(
         request,
         KEY,
-        f"UPDATE integrations SET name = %s WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
-        (body["name"], integration_id),
+        "UPDATE integrations SET name = %s, "
+        "integration_type_id = coalesce(%s, integration_type_id) "
+        f"WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
+        (body["name"], TYPE_IDS.get(body.get("integration_type", "")), integration_id),
         "integration",
     )
 

@@ -76,8 +76,18 @@ _OBJECTS: dict[str, Json] = {
     },
     "integration": {
         "type": "object",
-        "required": ["id", "name", "created", "updated"],
-        "properties": {"id": _ID, "name": {"type": "string"}, "created": _STAMP, "updated": _STAMP},
+        "required": ["id", "name", "integration_type_id", "created", "updated"],
+        "properties": {
+            "id": _ID,
+            "name": {"type": "string"},
+            "integration_type_id": {
+                "type": "integer",
+                "enum": [1, 2],
+                "description": "1 custom, 2 pos",
+            },
+            "created": _STAMP,
+            "updated": _STAMP,
+        },
     },
     "event_type": {
         "type": "object",

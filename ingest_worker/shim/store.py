@@ -32,7 +32,7 @@ MAX_ROW_ID = 2**31 - 1
 MAX_CURSOR_CHARS = 256
 Conn = psycopg.AsyncConnection[DictRow]
 
-INTEGRATION_COLUMNS = "id, name, created, updated"
+INTEGRATION_COLUMNS = "id, name, integration_type_id, created, updated"
 EVENT_TYPE_COLUMNS = (
     "id, integration_id, name, schema, duration_ms AS duration, buffer_ms AS buffer, "
     "external_device_id_template, version, created, updated"

@@ -40,7 +40,8 @@ async def test_integration_lifecycle(admin_client: httpx.AsyncClient) -> None:
     """Create, read, rename, list and delete an integration, in Spot's envelopes."""
     created = (await admin_client.post("/v1/integrations", json={"name": "doors"})).json()
     item = created["integration"]
-    assert set(item) == {"id", "name", "created", "updated"}
+    assert set(item) == {"id", "name", "integration_type_id", "created", "updated"}
+    assert item["integration_type_id"] == 1  # custom, Spot's default
     path = f"/v1/integrations/{item['id']}"
     renamed = await admin_client.put(path, json={"name": "badges"})
     assert renamed.json()["integration"]["name"] == "badges"
@@ -49,6 +50,24 @@ async def test_integration_lifecycle(admin_client: httpx.AsyncClient) -> None:
     assert item["id"] in {i["id"] for i in listed}
     assert (await admin_client.delete(path)).status_code == 200
     assert (await admin_client.get(path)).status_code == 404
+
+
+async def test_integration_type_as_spot_takes_it(admin_client: httpx.AsyncClient) -> None:
+    """`integration_type` (`custom` or `pos`) is taken on create and kept on rename; the object
+    carries Spot's `integration_type_id` (1 custom, 2 pos); any other type is a 400."""
+    pos = await admin_client.post(
+        "/v1/integrations", json={"name": "tills", "integration_type": "pos"}
+    )
+    assert pos.status_code == 200, pos.text
+    item = pos.json()["integration"]
+    assert item["integration_type_id"] == 2
+    path = f"/v1/integrations/{item['id']}"
+    renamed = (await admin_client.put(path, json={"name": "tills 2"})).json()["integration"]
+    assert renamed["integration_type_id"] == 2
+    custom = await admin_client.put(path, json={"name": "tills", "integration_type": "custom"})
+    assert custom.json()["integration"]["integration_type_id"] == 1
+    bad = await admin_client.post("/v1/integrations", json={"name": "x", "integration_type": "crm"})
+    assert (bad.status_code, bad.json()["details"][0]["field"]) == (400, "integration_type")
 
 
 async def test_integration_list_without_limit_is_every_integration(
