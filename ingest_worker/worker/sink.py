@@ -97,9 +97,7 @@ class Sink:
         with self._lock:
             producer = self._require()
             try:
-                if not self._open:
-                    producer.begin_transaction()
-                    self._open = True
+                self._begin(producer)
                 for record in records:
                     _produce(producer, record)
                 producer.poll(0)  # serve its log lines and error callbacks
@@ -128,12 +126,7 @@ class Sink:
             concurrent.futures.wait([committing])
         with self._lock:
             if self._open and self._producer is not None:
-                producer = self._producer
-                try:
-                    self._retrying(producer.abort_transaction)
-                except KafkaException as exc:
-                    log.warning("abort failed; producer replaced", extra={"error": str(exc)})
-                    self._drop()
+                self._abort_or_drop(self._producer)
             self._open = False
 
     def successor(self) -> Sink:
@@ -176,9 +169,7 @@ class Sink:
         with self._lock:
             producer = self._require()
             try:
-                if not self._open:
-                    producer.begin_transaction()
-                    self._open = True
+                self._begin(producer)
                 self._retrying(lambda t: producer.send_offsets_to_transaction(offsets, group, t))
                 self._retrying(producer.commit_transaction)
             except KafkaException as exc:
@@ -191,14 +182,26 @@ class Sink:
         error: KafkaError = exc.args[0]
         log.warning("transaction failed", extra={"error": str(error), "class": error_class(error)})
         if error_class(error) == "abort":
-            try:
-                self._retrying(producer.abort_transaction)
-            except KafkaException:
-                self._drop()
+            self._abort_or_drop(producer)
         else:
             self._drop()
         self._open = False
         raise TransactionFailed(f"transaction failed: {error}") from exc
+
+    def _begin(self, producer: Producer) -> None:
+        """Begin a transaction unless one is open (the lock is held)."""
+        if not self._open:
+            producer.begin_transaction()
+            self._open = True
+
+    def _abort_or_drop(self, producer: Producer) -> None:
+        """Abort the open transaction; if even that fails, drop the producer (the next one
+        fences it and settles the transaction). The lock is held."""
+        try:
+            self._retrying(producer.abort_transaction)
+        except KafkaException as exc:
+            log.warning("abort failed; producer replaced", extra={"error": str(exc)})
+            self._drop()
 
     def _retrying(self, call: Callable[[float], object]) -> None:
         """Call with the time left; repeat while librdkafka says the call may be retried."""

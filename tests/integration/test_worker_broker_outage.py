@@ -40,6 +40,35 @@ from tests.integration.worker_env import (
 )
 
 
+async def _imported(own: Settings, bootstrap: str, database_url: str, count: int) -> list[str]:
+    """Fresh one-partition topics (each batch follows the last) and `count` templated events
+    imported through the API: their ids."""
+    await ensure_topics(bootstrap, own, partitions=1)
+    async with running_api(own, bootstrap, database_url) as api, api.client() as client:
+        integration_id, type_id = await integration_with_type(
+            client, TEMPLATE_SCHEMA, "store-{store}"
+        )
+        events = [event_body(type_id, {"store": f"u{i % 20}", "n": i}) for i in range(count)]
+        return await import_events(client, integration_id, events)
+
+
+async def _outputs_through(
+    own: Settings, bootstrap: str, database_url: str, sink_class: type[Sink], ids: list[str]
+) -> tuple[dict[bytes, list[Any]], Sink, Sink]:
+    """An in-process worker with `sink_class` until every id has an output: the outputs,
+    the worker's first sink and its last."""
+    metrics, stop = WorkerMetrics(), asyncio.Event()
+    async with running(own, bootstrap, database_url, metrics, sink_class=sink_class) as worker:
+        first = worker.sink
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            found = await outputs_by_id(bootstrap, own, ids, timeout_s=90)
+        finally:
+            stop.set()
+            await task
+        return found, first, worker.sink
+
+
 class OutcomeLostSink(Sink):
     """The first transaction commits and the second is left open with a record written, and
     the worker is told both failed with their outcome unknown: what the sink reports when
@@ -78,26 +107,12 @@ async def test_transactions_of_unknown_outcome_are_neither_lost_nor_repeated(
     own = fresh_settings(
         settings, worker_batch_max_records=50, worker_commit_interval_ms=0, backoff_max_s=0.5
     )
-    await ensure_topics(kafka_bootstrap, own, partitions=1)  # each batch follows the last
-    async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
-        integration_id, type_id = await integration_with_type(
-            client, TEMPLATE_SCHEMA, "store-{store}"
-        )
-        events = [event_body(type_id, {"store": f"u{i % 20}", "n": i}) for i in range(400)]
-        ids = await import_events(client, integration_id, events)
-    metrics, stop = WorkerMetrics(), asyncio.Event()
-    async with running(
-        own, kafka_bootstrap, api_database, metrics, sink_class=OutcomeLostSink
-    ) as worker:
-        task = asyncio.create_task(worker.run(stop))
-        try:
-            found = await outputs_by_id(kafka_bootstrap, own, ids, timeout_s=90)
-        finally:
-            stop.set()
-            await task
-        assert isinstance(worker.sink, OutcomeLostSink)
-        attempts = worker.sink.attempts
-    assert attempts >= 3  # both faults, then commits
+    ids = await _imported(own, kafka_bootstrap, api_database, 400)
+    found, _, last = await _outputs_through(
+        own, kafka_bootstrap, api_database, OutcomeLostSink, ids
+    )
+    assert isinstance(last, OutcomeLostSink)
+    assert last.attempts >= 3  # both faults, then commits
     counts = Counter(len(found.get(i.encode(), [])) for i in ids)
     assert counts == {1: len(ids)}, counts
 
@@ -125,24 +140,9 @@ async def test_a_commit_stuck_past_its_bound_gets_a_new_producer(
     own = fresh_settings(
         settings, worker_batch_max_records=50, kafka_timeout_s=1.0, backoff_max_s=0.5
     )
-    await ensure_topics(kafka_bootstrap, own, partitions=1)
-    async with running_api(own, kafka_bootstrap, api_database) as api, api.client() as client:
-        integration_id, type_id = await integration_with_type(
-            client, TEMPLATE_SCHEMA, "store-{store}"
-        )
-        events = [event_body(type_id, {"store": f"s{i % 20}", "n": i}) for i in range(300)]
-        ids = await import_events(client, integration_id, events)
-    metrics, stop = WorkerMetrics(), asyncio.Event()
-    first: Sink | None = None
-    async with running(own, kafka_bootstrap, api_database, metrics, sink_class=StuckSink) as worker:
-        first = worker.sink
-        task = asyncio.create_task(worker.run(stop))
-        try:
-            found = await outputs_by_id(kafka_bootstrap, own, ids, timeout_s=90)
-        finally:
-            stop.set()
-            await task
-        assert worker.sink is not first  # replaced
+    ids = await _imported(own, kafka_bootstrap, api_database, 300)
+    found, first, last = await _outputs_through(own, kafka_bootstrap, api_database, StuckSink, ids)
+    assert last is not first  # replaced
     assert StuckSink.stuck_once
     counts = Counter(len(found.get(i.encode(), [])) for i in ids)
     assert counts == {1: len(ids)}, counts
