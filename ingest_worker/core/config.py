@@ -13,6 +13,8 @@ from ingest_worker.core.errors import ConfigError
 StackMode = Literal["auto", "local", "docker"]
 MAX_IDEMPOTENCY_TTL_S = 10 * 365 * 86400.0
 LogFormat = Literal["json", "console"]
+Validation = Literal["sync", "async"]
+Switch = Literal["on", "off"]
 
 
 def _setting(env: str, default: Any, doc: str, *, secret: bool = False) -> Any:
@@ -150,6 +152,26 @@ class Settings:
         120.0,
         "How long `migrate` waits for another replica's migration lock before failing.",
     )
+    api_validation: Validation = _setting(
+        "INGEST_API_VALIDATION",
+        "sync",
+        "`sync`: the API answers at once what it can decide from its cached catalog (unknown "
+        "event type, attributes, a device not in the integration, no way to resolve one), "
+        "with the worker's codes; `async`: only the request shape, the worker decides the rest.",
+    )
+    event_store: Switch = _setting(
+        "INGEST_EVENT_STORE",
+        "on",
+        "`on`: the worker stores every event (accepted and rejected) in PostgreSQL and the "
+        "event endpoints read and change them; `off`: the stream only, and the event "
+        "endpoints answer 501 `event_store_disabled`.",
+    )
+    event_retention_days: int = _setting(
+        "INGEST_EVENT_RETENTION_DAYS",
+        30,
+        "Days a stored event is kept, counted from when it was received; older days of the "
+        "store are dropped whole (one partition per day).",
+    )
     log_level: str = _setting("INGEST_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING...).")
     log_format: LogFormat = _setting(
         "INGEST_LOG_FORMAT", "json", "`json` (one object per line) or `console`."
@@ -173,6 +195,8 @@ class Settings:
             )
         if self.max_auto_devices < 0:
             raise ConfigError("INGEST_MAX_AUTO_DEVICES must be 0 (no limit) or more")
+        if self.event_retention_days < 1:
+            raise ConfigError("INGEST_EVENT_RETENTION_DAYS must be 1 or more")
         if self.worker_commit_interval_ms < 0 or self.worker_txn_max_records < 1:
             raise ConfigError(
                 "INGEST_WORKER_COMMIT_INTERVAL_MS must be 0 or more and "
@@ -215,6 +239,8 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
 _LITERALS: dict[str, tuple[str, ...]] = {
     "StackMode": get_args(StackMode),
     "LogFormat": get_args(LogFormat),
+    "Validation": get_args(Validation),
+    "Switch": get_args(Switch),
 }
 
 

@@ -22,8 +22,11 @@ CONTRACT_HEADERS = frozenset(
         "idempotency-key",
         "idempotency-index",
         "traceparent",
+        "op",
     }
 )
+# The `op` header of a change to a stored event; a record without one is an ingest.
+OPS = ("update", "delete")
 _TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 
 Headers = list[tuple[str, bytes]]
@@ -55,6 +58,28 @@ def device_hint(integration_id: int, event: dict[str, Any]) -> str | None:
     if device is None:
         device = event.get("device_external_id")
     return None if device is None else f"{integration_id}:{device}"
+
+
+def build_change(
+    integration_id: int,
+    event_id: str,
+    op: str,
+    value: bytes,
+    *,
+    key: bytes,
+    received_at_ms: int,
+    trace: str,
+) -> RawRecord:
+    """The record of an update or delete of a stored event: keyed like the event itself (its
+    raw record's key), so it lands on the event's partition, after it."""
+    headers: Headers = [
+        ("integration-id", str(integration_id).encode()),
+        ("event-id", event_id.encode()),
+        ("op", op.encode()),
+        ("received-at", str(received_at_ms).encode()),
+        ("traceparent", trace.encode()),
+    ]
+    return RawRecord(key, value, headers, event_id)
 
 
 def is_traceparent(text: str) -> bool:

@@ -126,6 +126,11 @@ def check_event(instance: Any, prefix: str = "") -> list[FieldError]:
     return check("ingest_request.schema.json", "event", instance, prefix)
 
 
+def check_update(instance: Any) -> list[FieldError]:
+    """Errors of an event update (the body of PUT .../events/{event_id})."""
+    return check("ingest_request.schema.json", "update", instance)
+
+
 def check_import(instance: Any) -> list[FieldError]:
     """Errors of the import envelope (its items are checked one by one with check_event)."""
     return check("ingest_request.schema.json", "import", instance)

@@ -1,0 +1,99 @@
+-- The event store: every revision of every event the worker decided, one row each.
+--
+-- Revision 0 is a rejected event (`error` says why); 1 the accepted event (`created`); 2, 3 ...
+-- its updates and, last, its delete. `current` marks the one listable row of an event: its
+-- latest revision, unless that is a delete. Every revision of an event shares its partition
+-- key, `received_at` (when its first revision was received), so retention drops whole events
+-- by dropping whole days (`ingest_event_partitions`). `raw_key` is the key of the event's raw
+-- record, so that its updates are published to the same raw partition, after it.
+-- `source_partition`/`source_offset` name the raw record that made the revision: a replayed
+-- batch finds its own revisions there and writes nothing twice.
+-- No foreign keys (they would cost every insert a lookup and a lock): deleting a device, an
+-- event type or an integration deletes its events in the same transaction.
+
+CREATE TABLE events (
+    integration_id      integer NOT NULL,
+    id                  uuid NOT NULL,
+    revision            integer NOT NULL CHECK (revision >= 0),
+    received_at         timestamptz NOT NULL,
+    op                  text NOT NULL CHECK (op IN ('rejected', 'created', 'updated', 'deleted')),
+    current             boolean NOT NULL,
+    event_type_id       integer,
+    event_type_version  integer,
+    device_id           integer,
+    device_external_id  text,
+    device_resolution   text,
+    "timestamp"         timestamptz,
+    duration_ms         bigint,
+    buffer_ms           bigint,
+    -- json, not jsonb: given back as sent (jsonb would rewrite numbers and key order).
+    attributes          json,
+    revision_received_at timestamptz NOT NULL,
+    idempotency_key     text,
+    traceparent         text,
+    raw_key             bytea,
+    source_partition    integer NOT NULL,
+    source_offset       bigint NOT NULL,
+    error               jsonb,
+    created             timestamptz NOT NULL DEFAULT now(),
+    updated             timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (integration_id, id, revision, received_at),
+    CHECK ((revision = 0) = (op = 'rejected')),
+    CHECK (NOT current OR op IN ('created', 'updated'))
+) PARTITION BY RANGE (received_at);
+
+-- Spot's filters: by device, by event type, or all of an integration, in timestamp order.
+CREATE INDEX events_by_device ON events (integration_id, device_id, "timestamp", id);
+CREATE INDEX events_by_type ON events (integration_id, event_type_id, "timestamp", id);
+CREATE INDEX events_by_time ON events (integration_id, "timestamp", id) WHERE current;
+
+-- Rows whose day has no partition (a received-at far from today): moved out when their day's
+-- partition is made, deleted row by row once past the retention.
+CREATE TABLE events_default PARTITION OF events DEFAULT;
+
+-- Make the partitions of the days around today and drop those past the retention. Safe to run
+-- from any number of workers at once (one at a time, the others wait for it).
+CREATE FUNCTION ingest_event_partitions(retention_days integer, ahead_days integer DEFAULT 2)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    today date := (now() AT TIME ZONE 'UTC')::date;
+    oldest date := today - retention_days;
+    day date;
+    part record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(x'1E57'::integer);
+    FOR part IN
+        SELECT c.relname, to_date(substr(c.relname, 9), 'YYYYMMDD') AS day
+        FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_p[0-9]{8}$'
+    LOOP
+        IF part.day + 1 <= oldest THEN
+            EXECUTE format('DROP TABLE %I', part.relname);
+        END IF;
+    END LOOP;
+    DELETE FROM events_default WHERE received_at < (oldest::timestamp AT TIME ZONE 'UTC');
+    FOR day IN SELECT generate_series(today - 1, today + ahead_days, interval '1 day')::date LOOP
+        PERFORM ingest_event_partition(day);
+    END LOOP;
+END $$;
+
+-- The partition of one UTC day, made if missing; rows of that day waiting in the default
+-- partition move into it.
+CREATE FUNCTION ingest_event_partition(day date) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    name text := 'events_p' || to_char(day, 'YYYYMMDD');
+    lo timestamptz := day::timestamp AT TIME ZONE 'UTC';
+    hi timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+BEGIN
+    IF to_regclass(name) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('CREATE TABLE %I (LIKE events INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name);
+    EXECUTE format(
+        'WITH moved AS (DELETE FROM events_default WHERE received_at >= $1 AND received_at < $2 '
+        'RETURNING *) INSERT INTO %I SELECT * FROM moved', name) USING lo, hi;
+    EXECUTE format('ALTER TABLE events ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                   name, lo, hi);
+END $$;
+
+SELECT ingest_event_partitions(30);
