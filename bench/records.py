@@ -16,6 +16,7 @@ import orjson
 from ingest_worker.core.rejections import Rejection, Source
 from ingest_worker.core.validate import compile_type
 from ingest_worker.worker import pipeline
+from ingest_worker.worker.decode import RawEvent
 from ingest_worker.worker.resolve import Device
 
 EVENT_TYPE = compile_type(
@@ -53,7 +54,7 @@ TOPICS = pipeline.Topics("accepted", "rejected")
 def one() -> None:
     """One record from raw to output."""
     event = pipeline.decode_record(RECORD)
-    assert not isinstance(event, Rejection)
+    assert isinstance(event, RawEvent)
     ref = pipeline.plan(event, {1}, {(1, 1): EVENT_TYPE})
     assert not isinstance(ref, Rejection)
     _, verdict = pipeline.output(

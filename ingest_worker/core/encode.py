@@ -78,10 +78,13 @@ def accepted_value(event: dict[str, Any]) -> bytes:
     _string(out, event["attributes_json"])
     _long(out, event["received_at"])
     _optional_string(out, event["idempotency_key"])
+    _long(out, _OPS[event["op"]])
+    _long(out, event["revision"])
     return bytes(out)
 
 
 _RESOLUTIONS = {"direct": 0, "external_id": 1, "template": 2}
+_OPS = {"created": 0, "updated": 1, "deleted": 2}
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 # The longs whose range no schema or column type bounds before they get here (the ids are
 # int32 by the request schema and the database, durations by the request schema).

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from ingest_worker.core import shape
-from ingest_worker.core.raw import CONTRACT_HEADERS, EVENT_ID_NAMESPACE, is_traceparent
+from ingest_worker.core.raw import CONTRACT_HEADERS, EVENT_ID_NAMESPACE, OPS, is_traceparent
 from ingest_worker.core.rejections import Rejection, Source
 from ingest_worker.core.shape import FieldError
 
@@ -51,11 +51,26 @@ class RawEvent(NamedTuple):
     body: dict[str, Any]
 
 
+class RawChange(NamedTuple):
+    """A raw record that is an update or a delete of a stored event (header `op`)."""
+
+    source: Source
+    value: bytes
+    event_id: str  # the event it changes
+    integration_id: int
+    op: str  # "update" or "delete"
+    received_at_ms: int
+    traceparent: str | None
+    body: dict[str, Any]  # an update's body; {} for a delete
+
+
 def decode(
     source: Source, value: bytes | None, headers: Headers | None, timestamp_ms: int
-) -> RawEvent | Rejection:
+) -> RawEvent | RawChange | Rejection:
     """Read one raw record: headers, JSON, and the shared request shape."""
     found, header_errors = read_headers(headers)
+    if "op" in found:
+        return decode_change(source, value or b"", found, header_errors, timestamp_ms)
     event_id = _event_id(found.get("event-id"), source)
     payload = value or b""
     integration_id = _in_range(found.get("integration-id"), INT32)
@@ -83,6 +98,53 @@ def decode(
         found.get("traceparent"),
         body,
     )
+
+
+def decode_change(
+    source: Source,
+    payload: bytes,
+    found: dict[str, str],
+    header_errors: list[FieldError],
+    timestamp_ms: int,
+) -> RawChange | Rejection:
+    """An update or delete: it names its event by `event-id` (required) and an update's body
+    has the update shape; a delete's value is ignored."""
+    event_id = _event_id(found.get("event-id"), source)
+    integration_id = _in_range(found.get("integration-id"), INT32)
+    errors = header_errors + _change_header_errors(found, integration_id)
+    try:
+        if integration_id is None or errors:
+            raise _Reject(400, "invalid_request", "the record's headers are not valid", errors)
+        body = _update_body(payload) if found["op"] == "update" else {}
+        received_at_ms = _received_at(found.get("received-at"), timestamp_ms)
+    except _Reject as why:
+        return Rejection(source, payload, event_id, integration_id, *why.args)
+    op, trace = found["op"], found.get("traceparent")
+    return RawChange(source, payload, event_id, integration_id, op, received_at_ms, trace, body)
+
+
+def _change_header_errors(found: dict[str, str], integration_id: int | None) -> list[FieldError]:
+    errors = []
+    if integration_id is None:
+        errors.append(FieldError("headers.integration-id", "required, an int32"))
+    if found["op"] not in OPS:
+        errors.append(FieldError("headers.op", f"must be one of {', '.join(OPS)}"))
+    if _uuid_text(found.get("event-id")) is None:
+        errors.append(FieldError("headers.event-id", "required with op: the event's UUID"))
+    return errors
+
+
+def _update_body(payload: bytes) -> dict[str, Any]:
+    """The value as an update of the shared shape."""
+    try:
+        body = shape.parse_json(payload)
+    except shape.BadJsonError as exc:
+        raise _Reject(400, "invalid_json", f"the value is not valid JSON: {exc}", []) from exc
+    errors = shape.check_update(body)
+    if errors:
+        raise _Reject(400, "invalid_request", "the update is not valid", errors)
+    update: dict[str, Any] = body
+    return update
 
 
 class _Reject(Exception):  # noqa: N818 - a verdict, raised to leave decode early
@@ -114,6 +176,12 @@ def _times(body: dict[str, Any], received_at: str | None, record_ms: int) -> tup
     if timestamp_us not in TIMESTAMP_US:
         message = "must fall within the years 0001 to 9999 (UTC)"
         raise _Reject(400, "invalid_request", message, [FieldError("timestamp", message)])
+    return timestamp_us, _received_at(received_at, record_ms)
+
+
+def _received_at(received_at: str | None, record_ms: int) -> int:
+    """The received-at header in ms, or the record's own timestamp when there is none; both
+    within years 1..9999."""
     received_at_ms = _in_range(received_at, RECEIVED_AT_MS)
     if received_at is not None and received_at_ms is None:
         message = "must be epoch milliseconds, years 0001 to 9999"
@@ -121,7 +189,7 @@ def _times(body: dict[str, Any], received_at: str | None, record_ms: int) -> tup
     if received_at_ms is None and record_ms not in RECEIVED_AT_MS:
         message = "no received-at header, and the record's timestamp is outside years 0001..9999"
         raise _Reject(400, "invalid_request", message, [FieldError("headers.received-at", message)])
-    return timestamp_us, record_ms if received_at_ms is None else received_at_ms
+    return record_ms if received_at_ms is None else received_at_ms
 
 
 _RFC3339 = re.compile(
@@ -213,6 +281,11 @@ def _header_form_errors(found: dict[str, str]) -> list[FieldError]:
 def _event_id(given: str | None, source: Source) -> str:
     """The producer's event id if it is a UUID; else one derived from the record's position,
     so a replay of the same record gets the same id."""
+    return _uuid_text(given) or fallback_event_id(source)
+
+
+def _uuid_text(given: str | None) -> str | None:
+    """`given` as a canonical UUID, or None if it is none."""
     if given and _CANONICAL_UUID.fullmatch(given):
         return given
     if given:
@@ -220,7 +293,7 @@ def _event_id(given: str | None, source: Source) -> str:
             return str(uuid.UUID(given))
         except ValueError:
             pass
-    return fallback_event_id(source)
+    return None
 
 
 def fallback_event_id(source: Source) -> str:

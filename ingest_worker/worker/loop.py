@@ -36,7 +36,7 @@ from ingest_worker.core.errors import ConfigError, DependencyUnavailable
 from ingest_worker.core.limits import max_message_bytes
 from ingest_worker.core.metrics import CONTENT_TYPE, WorkerMetrics
 from ingest_worker.core.rejections import Source
-from ingest_worker.worker import pipeline, resolve
+from ingest_worker.worker import pipeline, resolve, store
 from ingest_worker.worker.catalog import Catalog, follow_changes
 from ingest_worker.worker.decode import Headers
 from ingest_worker.worker.offsets import Offsets, Partition, Unsettled
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIN_OUTPUT_RECORD_BYTES = 4096
 PURGE_INTERVAL_S = 60.0
+PARTITIONS_INTERVAL_S = 3600.0  # the coming days' partitions exist days ahead
 
 
 def backoff_s(attempt: int, cap_s: float, jitter: float) -> float:
@@ -102,6 +103,7 @@ def in_record(message: Message, topic: str) -> InRecord:
         message.value(),
         headers,
         timestamp_ms,
+        message.key(),
     )
 
 
@@ -121,7 +123,9 @@ class Worker:
         self.settings, self.consumer, self.sink = settings, consumer, sink
         self.pool, self.catalog, self.metrics = pool, catalog, metrics
         self.topics = topics or Topics(settings.accepted_topic, settings.rejected_topic)
-        self.policy = Policy(settings.idempotency_ttl_s, settings.max_auto_devices)
+        self.policy = Policy(
+            settings.idempotency_ttl_s, settings.max_auto_devices, settings.event_store == "on"
+        )
         self.offsets = Offsets()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "kafka-consumer")
         self._committing: asyncio.Future[None] | None = None
@@ -130,6 +134,7 @@ class Worker:
         self._rebalanced = self._resume_needed = False
         self._failures = 0
         self._purge_due = 0.0
+        self._partitions_due = 0.0
         self._stop = asyncio.Event()
         self._stuck_after_s = 3 * settings.kafka_timeout_s + 5
 
@@ -165,6 +170,7 @@ class Worker:
         while not stop.is_set():
             await self.step()
             await self._purge_claims(time.monotonic())
+            await self._keep_partitions(time.monotonic())
         await self.finish()
 
     async def step(self) -> None:
@@ -377,6 +383,19 @@ class Worker:
             return
         if purged:
             log.info("expired claims purged", extra={"count": purged})
+
+    async def _keep_partitions(self, now: float) -> None:
+        """Now and then, make the event store's coming days and drop those past the
+        retention (any replica may; they take turns; a failure waits for the next turn)."""
+        if now < self._partitions_due or not self.policy.store_events:
+            return
+        self._partitions_due = now + PARTITIONS_INTERVAL_S
+        try:
+            async with self.pool.connection() as conn:
+                await store.keep_partitions(conn, self.settings.event_retention_days)
+        except (psycopg.Error, PoolTimeout) as exc:
+            self._partitions_due = now + PURGE_INTERVAL_S
+            log.warning("event store partitions not kept", extra={"error": str(exc)})
 
     def _backoff_s(self, failures: int) -> float:
         return backoff_s(failures, self.settings.backoff_max_s, random.random())  # noqa: S311

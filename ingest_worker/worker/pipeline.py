@@ -20,10 +20,25 @@ from ingest_worker.core.errors import DependencyUnavailable, is_recoverable
 from ingest_worker.core.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from ingest_worker.core.rejections import Rejection, Source
 from ingest_worker.core.validate import EventType, check_attributes
-from ingest_worker.worker import resolve
+from ingest_worker.worker import resolve, store
 from ingest_worker.worker.catalog import Catalog, TypeKey
-from ingest_worker.worker.decode import Headers, RawEvent, decode, fallback_event_id
+from ingest_worker.worker.decode import (
+    RECEIVED_AT_MS,
+    Headers,
+    RawChange,
+    RawEvent,
+    decode,
+    fallback_event_id,
+)
 from ingest_worker.worker.resolve import Claim, ClaimKey, Device, DeviceRef
+from ingest_worker.worker.revise import (
+    Events,
+    Revised,
+    Revision,
+    avro_fields,
+    rejected_revision,
+    revise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +52,7 @@ class InRecord(NamedTuple):
     value: bytes | None
     headers: Headers | None  # None: the client could not read them
     timestamp_ms: int
+    key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +67,12 @@ class Topics:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """Limits a batch applies: how long an Idempotency-Key claim holds, and the most devices
-    auto-created per integration (0: no limit)."""
+    """Limits a batch applies: how long an Idempotency-Key claim holds, the most devices
+    auto-created per integration (0: no limit), and whether events are stored."""
 
     idempotency_ttl_s: float = 86400.0
     max_auto_devices: int = 0
+    store_events: bool = True
 
 
 @dataclass
@@ -73,7 +90,10 @@ class Accepted(NamedTuple):
     device: Device
 
 
-Verdict = Accepted | Rejection
+Verdict = Accepted | Revised | Rejection
+Decoded = RawEvent | RawChange | Rejection
+Item = tuple[InRecord, Decoded]
+Decided = dict[Source, tuple[OutRecord, Verdict]]
 
 
 async def process(
@@ -84,20 +104,20 @@ async def process(
     policy: Policy = Policy(),
 ) -> Outcome:
     """Every record of the batch ends as exactly one output record, in input order."""
-    decoded = [decode_record(r) for r in records]
-    events = [d for d in decoded if isinstance(d, RawEvent)]
-    verdicts = await _resolve_isolating(pool, catalog, events, policy) if events else {}
+    items = [(r, decode_record(r)) for r in records]
+    if any(not isinstance(d, Rejection) for _, d in items) or policy.store_events:
+        decided = await _decide_isolating(pool, catalog, items, topics, policy)
+    else:  # nothing to resolve, nothing to store
+        decided = {d.source: output(d, topics) for _, d in items if isinstance(d, Rejection)}
     outcome = Outcome()
-    for item in decoded:
-        record, verdict = output(
-            verdicts[item.source] if isinstance(item, RawEvent) else item, topics
-        )
+    for _, item in items:
+        record, verdict = decided[item.source]
         outcome.records.append(record)
         outcome.counts[_count_key(verdict)] += 1
     return outcome
 
 
-def decode_record(record: InRecord) -> RawEvent | Rejection:
+def decode_record(record: InRecord) -> Decoded:
     """`decode`, with any unexpected failure a rejection of this record alone."""
     try:
         return decode(record.source, record.value, record.headers, record.timestamp_ms)
@@ -126,47 +146,58 @@ def unprocessable(
     return Rejection(source, value, event_id, integration_id, 422, "unprocessable", message)
 
 
-def _unprocessable_event(event: RawEvent, stage: str, exc: BaseException) -> Rejection:
+def _unprocessable_event(event: RawEvent | RawChange, stage: str, exc: BaseException) -> Rejection:
     return unprocessable(
         event.source, event.value, event.event_id, event.integration_id, stage, exc
     )
 
 
-async def _resolve_isolating(
-    pool: AsyncConnectionPool[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
-) -> dict[Source, Verdict]:
+async def _decide_isolating(
+    pool: AsyncConnectionPool[Any],
+    catalog: Catalog,
+    items: list[Item],
+    topics: Topics,
+    policy: Policy,
+) -> Decided:
     """The batch transaction; if PostgreSQL refuses the batch's data (a constraint, a value it
     cannot store), the batch is split in halves, each its own transaction, until the record
-    it refuses is alone: that one is rejected, the others go on. Side effects are idempotent,
-    so the halves commit apart safely."""
+    it refuses is alone: that one is rejected (and not stored), the others go on. Side
+    effects are idempotent, so the halves commit apart safely."""
     try:
-        return await _with_retries(pool, catalog, events, policy)
+        return await _with_retries(pool, catalog, items, topics, policy)
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-        if len(events) == 1:
-            return {events[0].source: _unprocessable_event(events[0], "resolve", exc)}
-        half = len(events) // 2
-        first = await _resolve_isolating(pool, catalog, events[:half], policy)
-        return first | await _resolve_isolating(pool, catalog, events[half:], policy)
+        if len(items) == 1:
+            item = items[0][1]
+            if not isinstance(item, Rejection):
+                item = _unprocessable_event(item, "store", exc)
+            return {item.source: output(item, topics)}
+        half = len(items) // 2
+        first = await _decide_isolating(pool, catalog, items[:half], topics, policy)
+        return first | await _decide_isolating(pool, catalog, items[half:], topics, policy)
 
 
 async def _with_retries(
-    pool: AsyncConnectionPool[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
-) -> dict[Source, Verdict]:
+    pool: AsyncConnectionPool[Any],
+    catalog: Catalog,
+    items: list[Item],
+    topics: Topics,
+    policy: Policy,
+) -> Decided:
     """The batch transaction, retried whole on deadlock or serialization failure."""
     for attempt in range(1, MAX_TX_ATTEMPTS + 1):
         try:
             async with pool.connection() as conn, conn.transaction():
-                verdicts, learned = await _resolve_all(conn, catalog, events, policy)
+                decided, learned = await _decide(conn, catalog, items, topics, policy)
             now = time.monotonic()  # committed: the devices exist, so remember them
             for device, integration_id in learned:
                 catalog.remember_device(device, integration_id, now)
-            return verdicts
+            return decided
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
             log.warning("batch transaction retried", extra={"attempt": attempt, "error": str(exc)})
         except psycopg.OperationalError as exc:  # AdminShutdown included
             raise DependencyUnavailable(f"PostgreSQL unavailable: {exc}") from exc
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
-            raise  # the batch's data: `_resolve_isolating` finds the record
+            raise  # the batch's data: `_decide_isolating` finds the record
         except psycopg.Error as exc:  # read-only after a failover, a missing migration...
             raise DependencyUnavailable(f"PostgreSQL cannot run the batch: {exc!r}") from exc
         except PoolTimeout as exc:
@@ -174,11 +205,44 @@ async def _with_retries(
     raise DependencyUnavailable("batch transaction kept deadlocking")
 
 
-async def _resolve_all(
-    conn: psycopg.AsyncConnection[Any], catalog: Catalog, events: list[RawEvent], policy: Policy
-) -> tuple[dict[Source, Verdict], list[tuple[Device, int]]]:
-    """Verdicts of the batch, and the devices it loaded (for the catalog, once committed)."""
+async def _decide(
+    conn: psycopg.AsyncConnection[Any],
+    catalog: Catalog,
+    items: list[Item],
+    topics: Topics,
+    policy: Policy,
+) -> tuple[Decided, list[tuple[Device, int]]]:
+    """Each record's output and verdict, the batch's revisions stored; and the devices it
+    loaded (for the catalog, once committed)."""
+    events = [d for _, d in items if isinstance(d, RawEvent)]
+    changes = [d for _, d in items if isinstance(d, RawChange)]
+    types, verdicts, learned = await _resolve_events(conn, catalog, events, changes, policy)
+    decided: Decided = {
+        d.source: output(verdicts[d.source] if isinstance(d, RawEvent) else d, topics)
+        for _, d in items
+        if not isinstance(d, RawChange)
+    }
+    if not policy.store_events:
+        for change in changes:
+            decided[change.source] = output(_store_disabled(change), topics)
+        return decided, learned
+    topic = changes[0].source.topic if changes else ""
+    stored = await store.load(conn, {(c.integration_id, c.event_id) for c in changes}, topic)
+    rows = _revisions(items, decided, Events(stored), types, topics)
+    await store.write(conn, rows)
+    return decided, learned
+
+
+async def _resolve_events(
+    conn: psycopg.AsyncConnection[Any],
+    catalog: Catalog,
+    events: list[RawEvent],
+    changes: list[RawChange],
+    policy: Policy,
+) -> tuple[dict[TypeKey, EventType], dict[Source, Verdict], list[tuple[Device, int]]]:
+    """The event types the batch names, the verdict of each event, and the devices loaded."""
     keys: set[TypeKey] = {(e.integration_id, e.event_type_id) for e in events}
+    keys |= {(c.integration_id, c.body["integration_event_type_id"]) for c in changes if c.body}
     catalog.expire(time.monotonic())
     known, types = await catalog.fill(
         conn, {e.integration_id for e in events}, keys, time.monotonic()
@@ -194,7 +258,53 @@ async def _resolve_all(
     claims = await resolve.claim_keys(conn, keyed, policy.idempotency_ttl_s)
     for e in keyed:
         verdicts[e.source] = claimed(e, verdicts[e.source], claims)
-    return verdicts, devices.learned
+    return types, verdicts, devices.learned
+
+
+def _revisions(
+    items: list[Item],
+    decided: Decided,
+    events: Events,
+    types: Mapping[TypeKey, EventType],
+    topics: Topics,
+) -> list[Revision]:
+    """In input order: each event's revision 1 (or 0, rejected), and each change applied to
+    the event as the batch has left it so far (its output decided here: a change that
+    would not fit its topic changes nothing)."""
+    rows: list[Revision] = []
+    for record, item in items:
+        if isinstance(item, RawChange):
+            decided[item.source] = out = output(revise(item, events, types), topics)
+            if isinstance(out[1], Revised) and not out[1].replayed:
+                events.add(out[1].revision)
+            continue
+        final = decided[item.source][1]
+        if isinstance(final, Accepted):
+            rows.append(created := created_revision(final, record.key))
+            events.created(created)
+        elif isinstance(final, Rejection):
+            event = item if isinstance(item, RawEvent) else None
+            row = rejected_revision(final, event, record.key, _received_ms(record))
+            rows += [row] if row is not None else []
+    return rows + events.added
+
+
+def _received_ms(record: InRecord) -> int:
+    """When a record that is no event was received, as far as it says: its timestamp, or
+    the epoch when that is outside what PostgreSQL stores."""
+    return record.timestamp_ms if record.timestamp_ms in RECEIVED_AT_MS else 0
+
+
+def _store_disabled(change: RawChange) -> Rejection:
+    return Rejection(
+        change.source,
+        change.value,
+        change.event_id,
+        change.integration_id,
+        501,
+        "event_store_disabled",
+        "events are not stored here (INGEST_EVENT_STORE=off), so they cannot be changed",
+    )
 
 
 def claimed(event: RawEvent, verdict: Verdict, claims: Mapping[ClaimKey, Claim]) -> Verdict:
@@ -321,22 +431,36 @@ def _reject(event: RawEvent, status: int, code: str, message: str) -> Rejection:
 
 def output(verdict: Verdict, topics: Topics) -> tuple[OutRecord, Verdict]:
     """The one output record of a verdict, within its topic's size limit: an accepted event
-    that cannot be encoded, or would not fit, becomes a rejection (which always fits)."""
-    if isinstance(verdict, Accepted):
-        event = verdict.event
+    (or change) that cannot be encoded, or would not fit, becomes a rejection (which always
+    fits)."""
+    if not isinstance(verdict, Rejection):
         try:
             record = _accepted_record(verdict, topics)
         except BaseException as exc:
             if not is_recoverable(exc):
                 raise
-            verdict = _unprocessable_event(event, "encode", exc)
+            verdict = _unprocessable_event(_raw(verdict), "encode", exc)
         else:
             if record_size(record.key, record.value, record.headers) <= topics.accepted_max_bytes:
                 return record, verdict
-            verdict = _reject(
-                event, 413, "record_too_large", "the accepted record exceeds the topic's limit"
-            )
+            verdict = _too_large(_raw(verdict))
     return _rejected_record(verdict, topics), verdict
+
+
+def _raw(verdict: Accepted | Revised) -> RawEvent | RawChange:
+    return verdict.event if isinstance(verdict, Accepted) else verdict.change
+
+
+def _too_large(raw: RawEvent | RawChange) -> Rejection:
+    return Rejection(
+        raw.source,
+        raw.value,
+        raw.event_id,
+        raw.integration_id,
+        413,
+        "record_too_large",
+        "the accepted record exceeds the topic's limit",
+    )
 
 
 def _rejected_record(rejection: Rejection, topics: Topics) -> OutRecord:
@@ -346,41 +470,59 @@ def _rejected_record(rejection: Rejection, topics: Topics) -> OutRecord:
     return OutRecord(topics.rejected, key, encode.rejected_value(rejection, room), headers)
 
 
-def _accepted_record(verdict: Accepted, topics: Topics) -> OutRecord:
-    event = verdict.event
-    headers = [("event-id", event.event_id.encode())]
-    if event.traceparent:
-        headers.append(("traceparent", event.traceparent.encode()))
+def _accepted_record(verdict: Accepted | Revised, topics: Topics) -> OutRecord:
+    if isinstance(verdict, Accepted):
+        revision, trace = created_revision(verdict), verdict.event.traceparent
+        created = verdict.device.created_by_event == verdict.event.event_id
+    else:
+        revision, trace, created = verdict.revision, verdict.change.traceparent, False
+    headers = [("event-id", revision.event_id.encode())]
+    if trace:
+        headers.append(("traceparent", trace.encode()))
     return OutRecord(
         topics.accepted,
-        str(verdict.device.id).encode(),
-        encode.accepted_value(accepted_fields(verdict)),
+        str(revision.device_id).encode(),
+        encode.accepted_value(avro_fields(revision, device_created=created)),
         headers,
     )
 
 
 def accepted_fields(verdict: Accepted) -> dict[str, Any]:
     """The Avro record of an accepted event, defaults applied."""
+    created = verdict.device.created_by_event == verdict.event.event_id
+    return avro_fields(created_revision(verdict), device_created=created)
+
+
+def created_revision(verdict: Accepted, raw_key: bytes | None = None) -> Revision:
+    """Revision 1 of an accepted event: what is stored, and what its changelog record says."""
     event, body, event_type = verdict.event, verdict.event.body, verdict.event_type
-    return {
-        "event_id": event.event_id,
-        "integration_id": event.integration_id,
-        "integration_event_type_id": event.event_type_id,
-        "event_type_version": event_type.version,
-        "integration_device_id": verdict.device.id,
-        "device_external_id": verdict.device.external_id,
-        "device_resolution": verdict.ref.method,
-        "device_created": verdict.device.created_by_event == event.event_id,
-        "timestamp": event.timestamp_us,
-        "duration_ms": int(body.get("duration", event_type.duration_ms)),
-        "buffer_ms": int(body.get("buffer", event_type.buffer_ms)),
-        "attributes_json": orjson.dumps(body["attributes"]).decode(),
-        "received_at": event.received_at_ms,
-        "idempotency_key": event.idempotency_key,
-    }
+    return Revision(
+        event.integration_id,
+        event.event_id,
+        1,
+        event.received_at_ms,
+        "created",
+        event.event_type_id,
+        event_type.version,
+        verdict.device.id,
+        verdict.device.external_id,
+        verdict.ref.method,
+        event.timestamp_us,
+        int(body.get("duration", event_type.duration_ms)),
+        int(body.get("buffer", event_type.buffer_ms)),
+        orjson.dumps(body["attributes"]).decode(),
+        event.received_at_ms,
+        event.idempotency_key,
+        event.traceparent,
+        raw_key,
+        event.source,
+        None,
+    )
 
 
 def _count_key(verdict: Verdict) -> tuple[str, str]:
     if isinstance(verdict, Rejection):
         return ("rejected", verdict.code)
+    if isinstance(verdict, Revised):
+        return ("accepted", verdict.revision.op)
     return ("accepted", verdict.ref.method)

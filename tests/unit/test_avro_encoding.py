@@ -34,20 +34,22 @@ RECORDS = st.fixed_dictionaries(
         "attributes_json": TEXT,
         "received_at": INT64,
         "idempotency_key": st.none() | TEXT,
+        "op": st.sampled_from(["created", "updated", "deleted"]),
+        "revision": INT32,
     }
 )
 
 
-def _plain_schema() -> Any:
+def _plain_document() -> Any:
     """The published schema without logical types: the same bytes, plain values in."""
     document = orjson.loads(SCHEMA_FILE.read_bytes())
     for field in document["fields"]:
         if isinstance(field["type"], dict) and "logicalType" in field["type"]:
             field["type"] = field["type"]["type"]
-    return fastavro.parse_schema(document)
+    return document
 
 
-PLAIN = _plain_schema()
+PLAIN = fastavro.parse_schema(_plain_document())
 
 
 @settings(max_examples=500, deadline=None)
@@ -57,3 +59,52 @@ def test_hand_encoder_is_byte_identical_to_fastavro(record: dict[str, Any]) -> N
     expected = io.BytesIO()
     fastavro.schemaless_writer(expected, PLAIN, record)
     assert accepted_value(record) == avro_header() + expected.getvalue()
+
+
+# The schema before the changelog fields (`op`, `revision`): what existing readers hold.
+PREVIOUS_FIELDS = 14
+
+
+def _previous_schema() -> Any:
+    document = _plain_document()
+    document["fields"] = document["fields"][:PREVIOUS_FIELDS]
+    return document
+
+
+@settings(max_examples=100, deadline=None)
+@given(RECORDS)
+def test_a_reader_of_the_previous_schema_decodes_changelog_records(record: dict[str, Any]) -> None:
+    """Avro schema resolution with the previous schema as reader: every earlier field comes
+    back as written, the changelog fields are skipped."""
+    body = accepted_value(record)[len(avro_header()) :]
+    previous = _previous_schema()
+    old = fastavro.schemaless_reader(io.BytesIO(body), _plain_document(), previous)
+    assert old == {f["name"]: record[f["name"]] for f in previous["fields"]}
+
+
+def test_a_record_of_the_previous_schema_reads_as_created_revision_1() -> None:
+    """A record written before the changelog fields, read with today's schema: `op` and
+    `revision` take their defaults."""
+    record = {
+        "event_id": "6f0b5e4e-7f47-4d1c-9a57-2c1f0e0b7a11",
+        "integration_id": 1,
+        "integration_event_type_id": 2,
+        "event_type_version": 1,
+        "integration_device_id": 3,
+        "device_external_id": None,
+        "device_resolution": "direct",
+        "device_created": False,
+        "timestamp": 1,
+        "duration_ms": 0,
+        "buffer_ms": 0,
+        "attributes_json": "{}",
+        "received_at": 2,
+        "idempotency_key": None,
+    }
+    old = fastavro.parse_schema(_previous_schema())
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, old, record)
+    new = _plain_document()
+    read = fastavro.schemaless_reader(io.BytesIO(out.getvalue()), old, new)
+    assert isinstance(read, dict)
+    assert (read["op"], read["revision"]) == ("created", 1)

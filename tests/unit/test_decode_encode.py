@@ -112,12 +112,15 @@ def test_accepted_records_are_avro_single_object_encoded() -> None:
         "attributes_json": '{"a":1}',
         "received_at": 1700000000000,
         "idempotency_key": None,
+        "op": "updated",
+        "revision": 2,
     }
     value = accepted_value(event)
     assert value[:2] == SINGLE_OBJECT_MARKER
     body = fastavro.schemaless_reader(io.BytesIO(value[10:]), avro_schema(), None)
     assert isinstance(body, dict)
     assert body["device_external_id"] == "S1:3"
+    assert (body["op"], body["revision"]) == ("updated", 2)
     assert read_accepted(value)["device_resolution"] == "template"
     with pytest.raises(ValueError, match="single-object"):
         read_accepted(b"\xc3\x01" + b"\x00" * 8 + value[10:])
@@ -156,6 +159,8 @@ def test_writer_schema_writes_the_same_bytes_as_the_published_schema() -> None:
         "buffer_ms": 0,
         "attributes_json": "{}",
         "idempotency_key": "k",
+        "op": "deleted",
+        "revision": 7,
     }
     ours = accepted_value(
         {**fields, "event_id": str(event_id), "timestamp": 1_500_000, "received_at": 1_700}

@@ -19,7 +19,7 @@ from ingest_worker.core.raw import CONTRACT_HEADERS
 from ingest_worker.core.rejections import Rejection, Source
 from ingest_worker.core.shape import FieldError
 from ingest_worker.core.validate import compile_type
-from ingest_worker.worker.decode import RawEvent, decode
+from ingest_worker.worker.decode import RawChange, RawEvent, decode
 from ingest_worker.worker.pipeline import (
     Accepted,
     InRecord,
@@ -30,6 +30,7 @@ from ingest_worker.worker.pipeline import (
     plan,
 )
 from ingest_worker.worker.resolve import Device, DeviceRef
+from ingest_worker.worker.revise import Events, revise
 
 SOURCE = Source("raw", 0, 7)
 LIMIT = 4096
@@ -90,6 +91,8 @@ def through(
     decoded = decode_record(InRecord(SOURCE, value, headers, 1_700_000_000_000))
     if isinstance(decoded, Rejection):
         return output(decoded, TOPICS)
+    if isinstance(decoded, RawChange):  # an `op` header: no event is stored here
+        return output(revise(decoded, Events({}), TYPES), TOPICS)
     ref = plan(decoded, {1}, TYPES)
     if isinstance(ref, Rejection):
         return output(ref, TOPICS)

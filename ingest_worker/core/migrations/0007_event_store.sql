@@ -1,11 +1,12 @@
 -- The event store: every revision of every event the worker decided, one row each.
 --
--- Revision 0 is a rejected event (`error` says why); 1 the accepted event (`created`); 2, 3 ...
--- its updates and, last, its delete. `current` marks the one listable row of an event: its
--- latest revision, unless that is a delete. Every revision of an event shares its partition
--- key, `received_at` (when its first revision was received), so retention drops whole events
--- by dropping whole days (`ingest_event_partitions`). `raw_key` is the key of the event's raw
--- record, so that its updates are published to the same raw partition, after it.
+-- Revision 0 is a rejected event (`error`: status, code, message, details); 1 the accepted
+-- event (`created`); 2, 3 ... its updates and, last, its delete. `current` marks the one
+-- listable row of an event: its latest revision, unless that is a delete. Every revision of
+-- an event shares its partition key, `received_at` (when its first revision was received),
+-- so retention drops whole events by dropping whole days (`ingest_event_partitions`).
+-- `raw_key` is the key of the event's raw record, so that its updates are published to the
+-- same raw partition, after it.
 -- `source_partition`/`source_offset` name the raw record that made the revision: a replayed
 -- batch finds its own revisions there and writes nothing twice.
 -- No foreign keys (they would cost every insert a lookup and a lock): deleting a device, an
@@ -34,7 +35,7 @@ CREATE TABLE events (
     raw_key             bytea,
     source_partition    integer NOT NULL,
     source_offset       bigint NOT NULL,
-    error               jsonb,
+    error               json,  -- json: a message may quote a NUL, which jsonb refuses
     created             timestamptz NOT NULL DEFAULT now(),
     updated             timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (integration_id, id, revision, received_at),

@@ -1,0 +1,131 @@
+"""The event store's SQL, inside the batch's transaction: load the events a batch changes,
+write its revisions in one statement, and keep the day partitions (migration 0007)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from ingest_worker.core.rejections import Source
+from ingest_worker.worker.revise import EventKey, Revision, superseded
+
+Conn = psycopg.AsyncConnection[Any]
+
+# Times travel as integers (ms, or µs for the event's timestamp) and are turned into
+# timestamptz exactly, with integer arithmetic, in SQL.
+_LOAD = """
+    SELECT e.integration_id, e.id::text, e.revision,
+           (extract(epoch FROM e.received_at) * 1000)::bigint, e.op,
+           e.event_type_id, e.event_type_version, e.device_id, e.device_external_id,
+           e.device_resolution, (extract(epoch FROM e."timestamp") * 1000000)::bigint,
+           e.duration_ms, e.buffer_ms, e.attributes::text,
+           (extract(epoch FROM e.revision_received_at) * 1000)::bigint,
+           e.idempotency_key, e.traceparent, e.raw_key, e.source_partition, e.source_offset,
+           e.error::text, e.created
+    FROM events e
+    JOIN unnest(%s::int[], %s::uuid[]) AS w (integration_id, id)
+      ON e.integration_id = w.integration_id AND e.id = w.id
+    WHERE e.revision > 0
+"""
+
+
+async def load(conn: Conn, keys: set[EventKey], raw_topic: str) -> dict[EventKey, list[Revision]]:
+    """Every accepted revision of these events (created, updated, deleted)."""
+    found: dict[EventKey, list[Revision]] = defaultdict(list)
+    if not keys:
+        return found
+    ordered = sorted(keys)
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(_LOAD, ([k[0] for k in ordered], [k[1] for k in ordered]))
+        for row in await cur.fetchall():
+            source = Source(raw_topic, row[18], row[19])
+            rev = Revision._make([*row[:18], source, row[20], row[21]])
+            found[rev.key].append(rev)
+    return found
+
+
+_WRITE = """
+    INSERT INTO events (
+        integration_id, id, revision, received_at, op, current, event_type_id,
+        event_type_version, device_id, device_external_id, device_resolution, "timestamp",
+        duration_ms, buffer_ms, attributes, revision_received_at, idempotency_key, traceparent,
+        raw_key, source_partition, source_offset, error, created)
+    SELECT r.i, r.id, r.rev,
+           to_timestamp(r.rcv / 1000) + (r.rcv %% 1000) * interval '1 millisecond',
+           r.op, r.cur, r.t, r.tv, r.d, r.x, r.res,
+           to_timestamp(r.ts / 1000000) + (r.ts %% 1000000) * interval '1 microsecond',
+           r.dur, r.buf, r.attrs::json,
+           to_timestamp(r.rrcv / 1000) + (r.rrcv %% 1000) * interval '1 millisecond',
+           r.k, r.tp, r.rk, r.sp, r.so, r.err::json, coalesce(r.cr, now())
+    FROM unnest(%s::int[], %s::uuid[], %s::int[], %s::bigint[], %s::text[], %s::bool[],
+                %s::int[], %s::int[], %s::int[], %s::text[], %s::text[], %s::bigint[],
+                %s::bigint[], %s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[],
+                %s::bytea[], %s::int[], %s::bigint[], %s::text[], %s::timestamptz[])
+         AS r (i, id, rev, rcv, op, cur, t, tv, d, x, res, ts, dur, buf, attrs, rrcv, k, tp,
+               rk, sp, so, err, cr)
+    JOIN integrations ON integrations.id = r.i
+    ON CONFLICT DO NOTHING
+"""
+_SUPERSEDE = """
+    UPDATE events e SET current = false, updated = now()
+    FROM unnest(%s::int[], %s::uuid[], %s::bigint[], %s::int[]) AS n (i, id, rcv, rev)
+    WHERE e.integration_id = n.i AND e.id = n.id
+      AND e.received_at = to_timestamp(n.rcv / 1000) + (n.rcv %% 1000) * interval '1 millisecond'
+      AND e.current AND e.revision < n.rev
+"""
+
+
+async def write(conn: Conn, revisions: Sequence[Revision]) -> None:
+    """Store the batch's revisions (a row already there, from a replay, is kept): the newest
+    of each event is its current one, and the stored revisions that changes follow are
+    retired. One statement each."""
+    newest = superseded(revisions)
+    changed = sorted(k for k, (_, revision) in newest.items() if revision > 1)
+    if changed:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                _SUPERSEDE,
+                (
+                    [k[0] for k in changed],
+                    [k[1] for k in changed],
+                    [newest[k][0] for k in changed],
+                    [newest[k][1] for k in changed],
+                ),
+            )
+    if revisions:
+        async with conn.cursor() as cur:
+            await cur.execute(_WRITE, _columns(revisions, newest))
+
+
+def _columns(
+    revisions: Sequence[Revision], newest: Mapping[EventKey, tuple[int, int]]
+) -> list[list[Any]]:
+    """One array per column of `_WRITE`."""
+    rows = [_row(rev, newest) for rev in revisions]
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _row(rev: Revision, newest: Mapping[EventKey, tuple[int, int]]) -> tuple[Any, ...]:
+    latest = newest.get(rev.key, (0, rev.revision))[1] == rev.revision
+    current = latest and rev.op in ("created", "updated")
+    return (
+        *rev[:5],
+        current,
+        *rev[5:18],
+        rev.source.partition,
+        rev.source.offset,
+        rev.error_json,
+        rev.created,
+    )
+
+
+async def keep_partitions(conn: Conn, retention_days: int, lock_timeout_ms: int = 2000) -> None:
+    """Make the coming days' partitions and drop those past the retention; give up (until
+    the next turn) rather than wait long for a lock a reader holds."""
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+        await cur.execute("SELECT ingest_event_partitions(%s)", (retention_days,))
