@@ -1,7 +1,9 @@
 """Events/s of `ingest-worker worker` against a librdkafka transactional passthrough
 (bench/baseline_worker.py: consume, re-produce unchanged, commit the offsets in the same
-transaction, every poll batch), both in the same run, at 6 and at 48 partitions; then the
-worker's end-to-end latency at a steady 2,000 events/s on 48 partitions (bench/latency.py).
+transaction, every poll batch), both in the same run, at 6 and at 48 partitions, and of the
+worker with its event store on (the default) against the same worker with it off
+(INGEST_EVENT_STORE=off); then the worker's end-to-end latency at a steady 2,000 events/s on
+48 partitions (bench/latency.py).
 
     INGEST_LOG_LEVEL=WARNING .venv/bin/python bench/worker.py [--events 100000]
         [--partitions 6 48] [--rate 2000] [--seconds 20]
@@ -9,8 +11,9 @@ worker's end-to-end latency at a steady 2,000 events/s on 48 partitions (bench/l
 Per partition count: fresh raw, accepted and rejected topics with that many partitions and a
 fresh integration (so each run creates the same devices: 2,000 named by external id, 1,940
 by template); `--events` raw events pre-filled (a third by external id, the rest by
-template); then the passthrough, then the worker, one process each with its own consumer
-group on that same raw topic. Each is rated from its group's committed offsets,
+template); then the passthrough, then the worker, then the worker with the store off, one
+process each with its own consumer group on that same raw topic (the store-off run finds the
+devices made: if anything, that flatters it). Each is rated from its group's committed offsets,
 from the first commit seen to the last, and charged the CPU (user + system, all threads, from
 /proc) it used in that window. The latency run takes the largest partition count.
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else started here.
@@ -30,6 +33,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from workload import (
     PASSTHROUGH,
     WORKER,
+    WORKER_STREAM_ONLY,
     Contender,
     Scenario,
     check_alive,
@@ -83,6 +87,7 @@ class Row:
     partitions: int
     passthrough: Run
     worker: Run
+    stream_only: Run
     rejected: int
 
 
@@ -113,8 +118,9 @@ def _compare(settings: Settings, partitions: int, events: int) -> Row:
     fill(scene, events, int(time.time() * 1000))
     passthrough = _measure(scene, PASSTHROUGH, events)
     worker = _measure(scene, WORKER, events)
+    stream_only = _measure(scene, WORKER_STREAM_ONLY, events)
     rejected = records_in(scene.bootstrap, scene.settings.rejected_topic, partitions)
-    return Row(partitions, passthrough, worker, rejected)
+    return Row(partitions, passthrough, worker, stream_only, rejected)
 
 
 def _measure(scene: Scenario, contender: Contender, count: int) -> Run:
@@ -190,6 +196,13 @@ def _report(events: int, rows: list[Row]) -> None:
         "targets: worker >= 60% of the passthrough at 6 partitions; at 48, within 15% of its "
         "own rate at 6 (>= 85%)"
     )
+    print(f"\n{'partitions':>10} {'store off ev/s':>15} {'store on ev/s':>14} {'on/off':>7}")
+    for row in rows:
+        print(
+            f"{row.partitions:>10} {row.stream_only.rate:>15.0f} {row.worker.rate:>14.0f} "
+            f"{row.worker.rate / row.stream_only.rate:>7.0%}"
+        )
+    print("target: the worker with its event store on >= 80% of the same worker with it off")
     for row in rows:
         if row.rejected:
             print(

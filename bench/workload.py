@@ -52,14 +52,17 @@ class Scenario:
 
 
 class Contender(NamedTuple):
-    """A process under test, and the suffix of the accepted topic it writes to."""
+    """A process under test, the suffix of the accepted topic it writes to, and settings of
+    its own."""
 
     name: str
     command: list[str]
     output_suffix: str
+    env: dict[str, str] = {}  # noqa: RUF012 - never mutated
 
 
 WORKER = Contender("worker", [sys.executable, "-m", "ingest_worker", "worker"], "")
+WORKER_STREAM_ONLY = WORKER._replace(name="worker-store-off", env={"INGEST_EVENT_STORE": "off"})
 PASSTHROUGH = Contender(
     "passthrough", [sys.executable, str(HERE / "baseline_worker.py")], ".baseline"
 )
@@ -232,7 +235,7 @@ def child_env(scene: Scenario, group: str) -> dict[str, str]:
 @contextmanager
 def running(contender: Contender, scene: Scenario) -> Iterator[subprocess.Popen[bytes]]:
     """The contender in its own group, SIGTERMed (then killed after 60 s) on exit."""
-    env = child_env(scene, scene.group(contender))
+    env = {**child_env(scene, scene.group(contender)), **contender.env}
     proc = subprocess.Popen(contender.command, env=env)
     try:
         yield proc

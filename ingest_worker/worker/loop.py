@@ -127,6 +127,7 @@ class Worker:
             settings.idempotency_ttl_s, settings.max_auto_devices, settings.event_store == "on"
         )
         self.offsets = Offsets()
+        self.storing = pipeline.Storing()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "kafka-consumer")
         self._committing: asyncio.Future[None] | None = None
         self._committing_offsets: dict[Partition, int] = {}
@@ -219,7 +220,9 @@ class Worker:
 
     async def process(self, records: list[InRecord]) -> pipeline.Outcome:
         """One output record per input record, in order."""
-        return await pipeline.process(records, self.pool, self.catalog, self.topics, self.policy)
+        return await pipeline.process(
+            records, self.pool, self.catalog, self.topics, self.policy, self.storing
+        )
 
     def _fresh(self, messages: list[Message]) -> tuple[list[InRecord], dict[Partition, int]]:
         """The records to process, and the last offset of each partition among them:
@@ -267,9 +270,15 @@ class Worker:
         except KafkaException as exc:  # not a member of the group now
             await self._recover("kafka", exc)
             return
-        self._commit_started = time.perf_counter()
         self._committing_offsets = self.offsets.take_pending()
-        self._committing = self.sink.commit_soon(self._committing_offsets, group)
+        self._committing = asyncio.ensure_future(self._commit(self._committing_offsets, group))
+
+    async def _commit(self, offsets: dict[Partition, int], group: Any) -> None:
+        """PostgreSQL first (a batch's outputs count only once its rows and devices are
+        committed, so a replay finds them), then the Kafka transaction."""
+        await self.storing.settled()
+        self._commit_started = time.perf_counter()
+        await self._outcome(self.sink.commit_soon(offsets, group))
 
     async def _settled(self) -> bool:
         """Wait for the commit in flight; False if it failed (everything since the last
@@ -278,7 +287,7 @@ class Worker:
         if committing is None:
             return True
         try:
-            await self._outcome(committing)
+            await committing
         except DependencyUnavailable as exc:
             await self._recover("kafka", exc)
             return False
@@ -302,11 +311,10 @@ class Worker:
 
     async def finish(self) -> None:
         """On the way out: settle the commit in flight and commit what is processed."""
-        if not await self._settled():
-            return
-        if self.offsets.pending:
+        if await self._settled() and self.offsets.pending:
             await self._commit_soon()
             await self._settled()
+        await self.storing.drop()
 
     async def _recover(self, reason: str, exc: Exception) -> None:
         """Abort the open transaction and back off; the next poll resumes (`_resume`)."""
@@ -320,8 +328,9 @@ class Worker:
         )
         if self._committing is not None:  # its outcome shows in the committed offsets
             with suppress(DependencyUnavailable):
-                await self._outcome(self._committing)
+                await self._committing
             self._committing = None
+        await self.storing.drop()  # its batch is put back with the rest
         await self.sink.abort()
         self.offsets.take_pending()  # aborted: never to be committed, even on the way out
         self._resume_needed = True

@@ -3,10 +3,12 @@ single PostgreSQL transaction, encode. Kafka stays outside: the caller emits and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -96,17 +98,51 @@ Item = tuple[InRecord, Decoded]
 Decided = dict[Source, tuple[OutRecord, Verdict]]
 
 
+@dataclass
+class Storing:
+    """The last batch's store write and commit, left to finish while the loop goes on: the
+    next batch's transaction, and the Kafka commit of this one's outputs, wait for it.
+    `isolate`: a write PostgreSQL refused for its data; the batch runs again whole, so the
+    record at fault can be found."""
+
+    task: asyncio.Task[Decided] | None = None
+    isolate: bool = False
+
+    async def settled(self) -> None:
+        """Wait for the write in flight; DependencyUnavailable if it failed."""
+        if self.task is None:
+            return
+        try:
+            await asyncio.shield(self.task)
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            self.isolate = True
+            raise DependencyUnavailable(f"PostgreSQL refused the batch's rows: {exc}") from exc
+
+    async def drop(self) -> None:
+        """Forget the write in flight once it is over (a failure is handled: its batch is
+        put back)."""
+        task, self.task = self.task, None
+        if task is not None:
+            with suppress(Exception):
+                await task
+
+
 async def process(
     records: Sequence[InRecord],
     pool: AsyncConnectionPool[Any],
     catalog: Catalog,
     topics: Topics,
     policy: Policy = Policy(),
+    storing: Storing | None = None,
 ) -> Outcome:
-    """Every record of the batch ends as exactly one output record, in input order."""
+    """Every record of the batch ends as exactly one output record, in input order. With
+    `storing`, the batch's transaction ends (its store write and commit) after this returns;
+    the caller commits the outputs only once `storing` is settled."""
     items = [(r, decode_record(r)) for r in records]
+    if storing is not None:
+        await storing.settled()  # the previous batch's rows, before this batch reads any
     if any(not isinstance(d, Rejection) for _, d in items) or policy.store_events:
-        decided = await _decide_isolating(pool, catalog, items, topics, policy)
+        decided = await _decide_isolating(pool, catalog, items, topics, policy, storing)
     else:  # nothing to resolve, nothing to store
         decided = {d.source: output(d, topics) for _, d in items if isinstance(d, Rejection)}
     outcome = Outcome()
@@ -158,13 +194,14 @@ async def _decide_isolating(
     items: list[Item],
     topics: Topics,
     policy: Policy,
+    storing: Storing | None = None,
 ) -> Decided:
     """The batch transaction; if PostgreSQL refuses the batch's data (a constraint, a value it
     cannot store), the batch is split in halves, each its own transaction, until the record
     it refuses is alone: that one is rejected (and not stored), the others go on. Side
     effects are idempotent, so the halves commit apart safely."""
     try:
-        return await _with_retries(pool, catalog, items, topics, policy)
+        return await _run(pool, catalog, items, topics, policy, storing)
     except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
         if len(items) == 1:
             item = items[0][1]
@@ -176,33 +213,81 @@ async def _decide_isolating(
         return first | await _decide_isolating(pool, catalog, items[half:], topics, policy)
 
 
-async def _with_retries(
+async def _run(
     pool: AsyncConnectionPool[Any],
     catalog: Catalog,
     items: list[Item],
     topics: Topics,
     policy: Policy,
+    storing: Storing | None,
 ) -> Decided:
-    """The batch transaction, retried whole on deadlock or serialization failure."""
+    """The batch transaction, whole; or, with `storing`, until its outputs are known: its
+    store write and commit then go on in `storing` (PostgreSQL works on them while the worker
+    polls and decodes the next batch)."""
+    if storing is None or storing.isolate:
+        decided = await _transaction(pool, catalog, items, topics, policy, None)
+        if storing is not None:
+            storing.isolate = False
+        return decided
+    ready: asyncio.Future[Decided] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(_transaction(pool, catalog, items, topics, policy, ready))
+    await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        return await task  # it failed before the outputs were known: raises
+    storing.task = task
+    return ready.result()
+
+
+async def _transaction(
+    pool: AsyncConnectionPool[Any],
+    catalog: Catalog,
+    items: list[Item],
+    topics: Topics,
+    policy: Policy,
+    ready: asyncio.Future[Decided] | None,
+) -> Decided:
+    """The batch transaction, retried whole on deadlock or serialization failure while its
+    outputs are not yet out (`ready`, once set, means they are)."""
     for attempt in range(1, MAX_TX_ATTEMPTS + 1):
         try:
-            async with pool.connection() as conn, conn.transaction():
-                decided, learned = await _decide(conn, catalog, items, topics, policy)
-            now = time.monotonic()  # committed: the devices exist, so remember them
-            for device, integration_id in learned:
-                catalog.remember_device(device, integration_id, now)
-            return decided
+            return await _attempt(pool, catalog, items, (topics, policy), ready)
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            if ready is not None and ready.done():
+                raise DependencyUnavailable(f"the batch's commit failed: {exc}") from exc
             log.warning("batch transaction retried", extra={"attempt": attempt, "error": str(exc)})
-        except psycopg.OperationalError as exc:  # AdminShutdown included
-            raise DependencyUnavailable(f"PostgreSQL unavailable: {exc}") from exc
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
-            raise  # the batch's data: `_decide_isolating` finds the record
-        except psycopg.Error as exc:  # read-only after a failover, a missing migration...
-            raise DependencyUnavailable(f"PostgreSQL cannot run the batch: {exc!r}") from exc
-        except PoolTimeout as exc:
-            raise DependencyUnavailable(f"no PostgreSQL connection: {exc}") from exc
+            raise  # the batch's data: `_decide_isolating` (or `Storing`) finds the record
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _unavailable(exc) from exc
     raise DependencyUnavailable("batch transaction kept deadlocking")
+
+
+def _unavailable(exc: psycopg.Error | PoolTimeout) -> DependencyUnavailable:
+    if isinstance(exc, psycopg.OperationalError):  # AdminShutdown included
+        return DependencyUnavailable(f"PostgreSQL unavailable: {exc}")
+    if isinstance(exc, PoolTimeout):
+        return DependencyUnavailable(f"no PostgreSQL connection: {exc}")
+    # read-only after a failover, a missing migration...
+    return DependencyUnavailable(f"PostgreSQL cannot run the batch: {exc!r}")
+
+
+async def _attempt(
+    pool: AsyncConnectionPool[Any],
+    catalog: Catalog,
+    items: list[Item],
+    rules: tuple[Topics, Policy],
+    ready: asyncio.Future[Decided] | None,
+) -> Decided:
+    """One try of the batch transaction; `ready` learns the outputs before the store write."""
+    async with pool.connection() as conn, conn.transaction():
+        decided, learned, rows = await _decide(conn, catalog, items, *rules)
+        if ready is not None:
+            ready.set_result(decided)
+        await store.write(conn, rows)
+    now = time.monotonic()  # committed: the devices exist, so remember them
+    for device, integration_id in learned:
+        catalog.remember_device(device, integration_id, now)
+    return decided
 
 
 async def _decide(
@@ -211,12 +296,15 @@ async def _decide(
     items: list[Item],
     topics: Topics,
     policy: Policy,
-) -> tuple[Decided, list[tuple[Device, int]]]:
-    """Each record's output and verdict, the batch's revisions stored; and the devices it
+) -> tuple[Decided, list[tuple[Device, int]], list[Revision]]:
+    """Each record's output and verdict, the revisions to store, and the devices the batch
     loaded (for the catalog, once committed)."""
     events = [d for _, d in items if isinstance(d, RawEvent)]
     changes = [d for _, d in items if isinstance(d, RawChange)]
-    types, verdicts, learned = await _resolve_events(conn, catalog, events, changes, policy)
+    named = {i for _, d in items if (i := d.integration_id) is not None}
+    known, types, verdicts, learned = await _resolve_events(
+        conn, catalog, (events, changes, named), policy
+    )
     decided: Decided = {
         d.source: output(verdicts[d.source] if isinstance(d, RawEvent) else d, topics)
         for _, d in items
@@ -225,28 +313,26 @@ async def _decide(
     if not policy.store_events:
         for change in changes:
             decided[change.source] = output(_store_disabled(change), topics)
-        return decided, learned
+        return decided, learned, []
     topic = changes[0].source.topic if changes else ""
     stored = await store.load(conn, {(c.integration_id, c.event_id) for c in changes}, topic)
     rows = _revisions(items, decided, Events(stored), types, topics)
-    await store.write(conn, rows)
-    return decided, learned
+    return decided, learned, [r for r in rows if r.integration_id in known]
 
 
 async def _resolve_events(
     conn: psycopg.AsyncConnection[Any],
     catalog: Catalog,
-    events: list[RawEvent],
-    changes: list[RawChange],
+    batch: tuple[list[RawEvent], list[RawChange], set[int]],
     policy: Policy,
-) -> tuple[dict[TypeKey, EventType], dict[Source, Verdict], list[tuple[Device, int]]]:
-    """The event types the batch names, the verdict of each event, and the devices loaded."""
+) -> tuple[set[int], dict[TypeKey, EventType], dict[Source, Verdict], list[tuple[Device, int]]]:
+    """Which of the integrations named (by any record) exist, the event types the batch
+    names, the verdict of each event, and the devices loaded."""
+    events, changes, named = batch
     keys: set[TypeKey] = {(e.integration_id, e.event_type_id) for e in events}
     keys |= {(c.integration_id, c.body["integration_event_type_id"]) for c in changes if c.body}
     catalog.expire(time.monotonic())
-    known, types = await catalog.fill(
-        conn, {e.integration_id for e in events}, keys, time.monotonic()
-    )
+    known, types = await catalog.fill(conn, named, keys, time.monotonic())
     planned: dict[Source, DeviceRef | Rejection] = {e.source: plan(e, known, types) for e in events}
     devices = await _devices(conn, catalog, events, planned, policy.max_auto_devices)
     verdicts = {e.source: verdict(e, planned[e.source], devices, types) for e in events}
@@ -258,7 +344,7 @@ async def _resolve_events(
     claims = await resolve.claim_keys(conn, keyed, policy.idempotency_ttl_s)
     for e in keyed:
         verdicts[e.source] = claimed(e, verdicts[e.source], claims)
-    return types, verdicts, devices.learned
+    return known, types, verdicts, devices.learned
 
 
 def _revisions(

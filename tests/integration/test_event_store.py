@@ -23,7 +23,9 @@ from psycopg.rows import dict_row
 from devstack.topics import ensure_topics
 from ingest_worker.core.config import Settings
 from ingest_worker.core.encode import read_accepted
+from ingest_worker.core.rejections import Source
 from ingest_worker.worker import store
+from ingest_worker.worker.revise import Revision
 from tests.integration.apiserver import running_api
 from tests.integration.kafka_read import read_topics
 from tests.integration.pipeline_env import Pipeline, fresh_settings, running_worker
@@ -353,3 +355,31 @@ async def _count(conn: psycopg.AsyncConnection[Any], table: str) -> int:
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def test_writing_a_batch_again_stores_each_revision_once(database_url: str) -> None:
+    """A replayed batch, partly stored already: the rows there are kept as they are and the
+    others are added."""
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        made = await conn.execute("INSERT INTO integrations (name) VALUES ('r') RETURNING id")
+        row = await made.fetchone()
+        assert row is not None
+        revisions = [_revision(row[0], offset) for offset in range(4)]
+        async with conn.transaction():
+            await store.write(conn, revisions[:2])
+        async with conn.transaction():
+            await store.write(conn, revisions)
+        cur = await conn.execute(
+            "SELECT source_offset, count(*) FROM events WHERE integration_id = %s "
+            "GROUP BY source_offset ORDER BY 1",
+            (row[0],),
+        )
+        assert await cur.fetchall() == [(0, 1), (1, 1), (2, 1), (3, 1)]
+
+
+def _revision(integration_id: int, offset: int) -> Revision:
+    now_ms = int(time.time() * 1000)
+    return Revision(
+        integration_id, str(uuid.uuid4()), 1, now_ms, "created", 1, 1, 1, None, "direct",
+        0, 0, 0, "{}", now_ms, None, None, b"k", Source("raw", 0, offset), None,
+    )  # fmt: skip
