@@ -54,6 +54,9 @@ def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--validation", choices=["sync", "async"], help="INGEST_API_VALIDATION (default: env)"
+    )
     return parser.parse_args()
 
 
@@ -83,25 +86,41 @@ def _run_api(
         "INGEST_API_PORT": str(port),
         "INGEST_RATE_LIMIT_PER_S": "0",
     }
+    if args.validation:
+        env["INGEST_API_VALIDATION"] = args.validation
     server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait(f"{url}/readyz")
-        path, token = _integration_and_token(url)
-        return _wrk(url, path, token, args)
+        path, token, type_id = _integration_and_token(url)
+        return _wrk(url, path, token, args, type_id)
     finally:
         server.terminate()
         server.wait(30)
 
 
-def _integration_and_token(url: str) -> tuple[str, str]:
+# The event type of ingest.lua's body, so that the synchronous checks pass it.
+SCHEMA = {
+    "type": "object",
+    "required": ["store_id", "lane"],
+    "properties": {
+        "store_id": {"type": "string"},
+        "lane": {"type": "integer"},
+        "total": {"type": "number", "minimum": 0},
+    },
+}
+
+
+def _integration_and_token(url: str) -> tuple[str, str, str]:
+    """The events path of a new integration, a token of it, and its event type's id."""
     headers = {"authorization": f"Bearer {ADMIN}"}
     made = httpx.post(f"{url}/v1/integrations", json={"name": "bench"}, headers=headers).json()
-    integration_id = made["integration"]["id"]
-    token = httpx.post(
-        f"{url}/v1/integrations/{integration_id}/tokens", json={}, headers=headers
-    ).json()["integration_token"]["token"]
-    return f"/v1/integrations/{integration_id}/events", token
+    base = f"{url}/v1/integrations/{made['integration']['id']}"
+    token = httpx.post(f"{base}/tokens", json={}, headers=headers).json()["integration_token"]
+    typed = httpx.post(
+        f"{base}/event-types", json={"name": "sale", "schema": SCHEMA}, headers=headers
+    ).json()["integration_event_type"]
+    return f"/v1/integrations/{made['integration']['id']}/events", token["token"], str(typed["id"])
 
 
 def _wait(url: str, expect_post: bool = False) -> None:
@@ -117,9 +136,9 @@ def _wait(url: str, expect_post: bool = False) -> None:
 
 
 def _wrk(
-    url: str, path: str, token: str, args: argparse.Namespace
+    url: str, path: str, token: str, args: argparse.Namespace, type_id: str = "1"
 ) -> tuple[float, float, float, int]:
-    env = {**os.environ, "INGEST_PATH": path, "INGEST_TOKEN": token}
+    env = {**os.environ, "INGEST_PATH": path, "INGEST_TOKEN": token, "INGEST_TYPE_ID": type_id}
     base = ["wrk", "-t1", f"-c{args.connections}", "--latency", "-s", str(HERE / "ingest.lua")]
     subprocess.run([*base, "-d3s", url], env=env, capture_output=True, check=True)  # warm-up
     out = subprocess.run(

@@ -42,6 +42,26 @@ class ApiMetrics:
         self.published = self.events.labels("published")
         self.invalid = self.events.labels("invalid")
         self.unavailable = self.events.labels("unavailable")
+        self.refused = Counter(
+            "ingest_refused_events_total",
+            "Events refused by the synchronous checks (INGEST_API_VALIDATION=sync), by code; "
+            "also counted as invalid.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.unchecked = Counter(
+            "ingest_unchecked_events_total",
+            "Events that passed on without the synchronous checks because the catalog could "
+            "not reach PostgreSQL (the worker decides them).",
+            registry=self.registry,
+        )
+        self.catalog_loads = Counter(
+            "ingest_catalog_loads_total",
+            "Loads of the synchronous checks' catalog from PostgreSQL, by kind (event_types, "
+            "devices) and result (ok, failed).",
+            ["kind", "result"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,7 +21,18 @@ from ingest_worker.core import supervise
 from ingest_worker.core.config import Settings
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.metrics import CONTENT_TYPE, ApiMetrics
-from ingest_worker.shim import auth, devices, event_types, ingest, integrations, openapi, tokens
+from ingest_worker.shim import (
+    auth,
+    devices,
+    event_types,
+    events,
+    ingest,
+    integrations,
+    openapi,
+    tokens,
+)
+from ingest_worker.shim.catalog import Catalog, PgSource, follow_changes
+from ingest_worker.shim.checks import OwnWrites
 from ingest_worker.shim.common import Deps, deps, json_response
 from ingest_worker.shim.problems import MEDIA_TYPE, Problem
 from ingest_worker.shim.publish import publisher
@@ -55,6 +67,7 @@ async def openapi_json(_: Request) -> Response:
 
 
 ROUTES = [
+    *events.ROUTES,  # first: its `.../events` route also takes ingest's POST
     *ingest.ROUTES,
     *integrations.ROUTES,
     *event_types.ROUTES,
@@ -161,7 +174,7 @@ def build(settings: Settings, endpoints: tuple[str, str] | None = None) -> ASGIA
             Exception: _on_crash,
         },
     )
-    return ingest.FastIngest(app, MetricsMiddleware(app, registry), registry)
+    return ingest.FastIngest(app, MetricsMiddleware(OwnWrites(app), registry), registry)
 
 
 @asynccontextmanager
@@ -179,6 +192,7 @@ async def _resources(
             lambda beat: auth.keep_fresh(cache, database_url, settings.auth_refresh_s, beat),
         )
         stack.push_async_callback(_cancel, refresher)
+        checks = await stack.enter_async_context(_checks(settings, db, database_url, registry))
         pub = await stack.enter_async_context(
             publisher(
                 bootstrap,
@@ -188,7 +202,25 @@ async def _resources(
             )
         )
         limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
-        yield Deps(settings, cache, pub, Store(db), limiter, registry)
+        yield Deps(settings, cache, pub, Store(db), limiter, registry, catalog=checks)
+
+
+@asynccontextmanager
+async def _checks(
+    settings: Settings, db: AsyncConnectionPool[Any], database_url: str, registry: ApiMetrics
+) -> AsyncIterator[Catalog | None]:
+    """In sync mode, the synchronous checks' catalog, its change follower supervised."""
+    if settings.api_validation != "sync":
+        yield None
+        return
+    found = Catalog(PgSource(db), settings.catalog_max_age_s, registry)
+    follower = supervise.board(registry.registry).start(
+        "catalog_follower", lambda beat: follow_changes(found, database_url, on_listening=beat)
+    )
+    try:
+        yield found
+    finally:
+        await _cancel(follower)
 
 
 async def _first_load(cache: auth.AuthCache, database_url: str) -> None:

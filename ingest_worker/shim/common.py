@@ -22,6 +22,7 @@ from ingest_worker.core.shape import MAX_DETAILS, BadJsonError, FieldError, chec
 from ingest_worker.shim import store
 from ingest_worker.shim.auth import AuthCache, Principal
 from ingest_worker.shim.auth import load as load_auth
+from ingest_worker.shim.catalog import Catalog
 from ingest_worker.shim.problems import Problem, invalid, not_found
 from ingest_worker.shim.publish import Publisher
 from ingest_worker.shim.ratelimit import RateLimiter
@@ -68,6 +69,7 @@ class Deps:
     limiter: RateLimiter
     metrics: ApiMetrics
     clock: Callable[[], float] = field(default=time.monotonic)
+    catalog: Catalog | None = None  # None: INGEST_API_VALIDATION=async, no synchronous checks
 
 
 async def refresh_auth(request: Request) -> None:
@@ -300,6 +302,15 @@ def query_list(request: Request, name: str) -> list[str]:
             raise invalid([FieldError(name, "must not contain the NUL character (U+0000)")])
         values += [item.strip() for item in raw.split(",") if item.strip()]
     return values
+
+
+def query_ids(request: Request, name: str) -> list[int]:
+    """A list parameter of int32 ids (repeated keys or comma lists), or a 400 naming it."""
+    raw = query_list(request, name)
+    ids = [query_int(item) for item in raw]
+    if any(i is None or i > INT32_MAX for i in ids):
+        raise invalid([FieldError(name, "must be integer ids", ",".join(raw)[:100])])
+    return [i for i in ids if i is not None]
 
 
 def query_value(request: Request, name: str) -> str | None:

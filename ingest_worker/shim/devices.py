@@ -16,7 +16,7 @@ from ingest_worker.shim.common import (
     json_response,
     list_response,
     path_id,
-    query_int,
+    query_ids,
     query_list,
     query_value,
     route,
@@ -64,16 +64,13 @@ async def list_all(request: Request) -> Response:
         "integration_devices",
         DEVICE_COLUMNS,
         "devices",
-        overlaps=_filters(query_list(request, "tags"), query_list(request, "camera_ids")),
+        overlaps=_filters(query_list(request, "tags"), query_ids(request, "camera_ids")),
         external_id=external_id,
     )
 
 
-def _filters(tags: list[str], cameras: list[str]) -> list[sql.Composed]:
-    """The `&&` filters of the given tags and camera ids (each an int32, else a 400)."""
-    ids = [query_int(c) for c in cameras]
-    if any(i is None or i >= 2**31 for i in ids):
-        raise invalid([FieldError("camera_ids", "must be integer ids")])
+def _filters(tags: list[str], ids: list[int]) -> list[sql.Composed]:
+    """The `&&` filters of the given tags and camera ids."""
     found = []
     if tags:
         found.append(store.overlap("tags", tags, "text[]"))
@@ -123,14 +120,18 @@ async def update_cameras(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
+    """The device and, in the same transaction, its stored events (Spot's cascade)."""
     admin(request)
-    return await row_response(
-        request,
-        KEY,
-        f"DELETE FROM devices WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
-        item_ids(request, "device_id", "device"),
-        "device",
-    )
+    ids = item_ids(request, "device_id", "device")
+    async with deps(request).store.tx() as conn:
+        row = await store.delete_owning_events(
+            conn,
+            f"DELETE FROM devices WHERE integration_id = %s AND id = %s RETURNING {DEVICE_COLUMNS}",
+            ids,
+            "device",
+            "integration_id = %s AND device_id = %s",
+        )
+    return json_response({KEY: row})
 
 
 ROUTES = [

@@ -95,15 +95,19 @@ async def replace(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
+    """The type and, in the same transaction, its stored events (Spot's cascade)."""
     admin(request)
-    return await row_response(
-        request,
-        KEY,
-        "DELETE FROM event_types WHERE integration_id = %s AND id = %s "
-        f"RETURNING {EVENT_TYPE_COLUMNS}",
-        item_ids(request, "type_id", "event type"),
-        "event type",
-    )
+    ids = item_ids(request, "type_id", "event type")
+    async with deps(request).store.tx() as conn:
+        row = await store.delete_owning_events(
+            conn,
+            "DELETE FROM event_types WHERE integration_id = %s AND id = %s "
+            f"RETURNING {EVENT_TYPE_COLUMNS}",
+            ids,
+            "event type",
+            "integration_id = %s AND event_type_id = %s",
+        )
+    return json_response({KEY: row})
 
 
 ROUTES = [

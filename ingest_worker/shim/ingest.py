@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.applications import Starlette
@@ -26,6 +26,7 @@ from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.metrics import ApiMetrics
 from ingest_worker.core.raw import RawRecord
 from ingest_worker.core.shape import FieldError, check_event, check_import
+from ingest_worker.shim import checks
 from ingest_worker.shim.auth import Principal
 from ingest_worker.shim.common import (
     INT32_MAX,
@@ -71,6 +72,8 @@ async def ingest_event(
     if errors:
         d.metrics.invalid.inc()
         raise invalid(errors)
+    if d.catalog is not None:
+        await checks.check_now(d.catalog, d.metrics, integration_id, event, len(payload))
     record = raw.build(
         integration_id, event, payload, received_at_ms=_now_ms(), idempotency_key=key, trace=trace
     )
@@ -192,13 +195,51 @@ async def import_events(request: Request) -> Response:
         raise invalid(errors)
     items: list[Any] = document["integration_events"]
     rate_limit_rest(d, principal, len(items))
+    shaped = [_shaped(index, item) for index, item in enumerate(items)]
+    refused = await _refused(d, integration_id, items, shaped)
     batch = _Import(d, integration_id, key, trace, _now_ms())
-    outcomes = [batch.item(index, item) for index, item in enumerate(items)]
+    outcomes = [
+        refused.get(index) or batch.item(index, item, shaped[index])
+        for index, item in enumerate(items)
+    ]
     records = [o for o in outcomes if isinstance(o, RawRecord)]
     d.metrics.invalid.inc(len(outcomes) - len(records))
     await _publish(d, records)
     results = [_result(index, outcome) for index, outcome in enumerate(outcomes)]
     return json_response({"results": results}, 202)
+
+
+class ItemError(NamedTuple):
+    """Why an import item is not published: the status and code a single ingest of it would
+    get, and the item's fields at fault."""
+
+    status: int
+    code: str
+    errors: list[FieldError]
+
+
+def _shaped(index: int, item: Any) -> bytes | ItemError:
+    """The item as its raw record's value, or its shape errors."""
+    errors = check_event(item, _item_field(index))
+    return ItemError(400, "invalid_request", errors) if errors else orjson.dumps(item)
+
+
+async def _refused(
+    d: Deps, integration_id: int, items: list[Any], shaped: list[bytes | ItemError]
+) -> dict[int, ItemError]:
+    """The synchronous checks' refusals of well-shaped items (none in async mode)."""
+    if d.catalog is None:
+        return {}
+    wanted = {i: (items[i], len(v)) for i, v in enumerate(shaped) if isinstance(v, bytes)}
+    refused = await checks.check_items(d.catalog, d.metrics, integration_id, wanted)
+    return {
+        i: ItemError(r.status, r.code, checks.errors(r, items[i], _item_field(i)))
+        for i, r in refused.items()
+    }
+
+
+def _item_field(index: int) -> str:
+    return f"integration_events.{index}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,16 +252,14 @@ class _Import:
     trace: str
     received_at_ms: int
 
-    def item(self, index: int, item: Any) -> RawRecord | list[FieldError]:
+    def item(self, index: int, item: Any, shaped: bytes | ItemError) -> RawRecord | ItemError:
         """The item's record, or why it cannot be published (its shape, or its size)."""
-        field = f"integration_events.{index}"
-        errors = check_event(item, field)
-        if errors:
-            return errors
+        if isinstance(shaped, ItemError):
+            return shaped
         record = raw.build(
             self.integration_id,
             item,
-            orjson.dumps(item),
+            shaped,
             received_at_ms=self.received_at_ms,
             idempotency_key=self.key,
             trace=self.trace,
@@ -230,13 +269,15 @@ class _Import:
         if size is None:
             return record
         limit = self.deps.publisher.max_record_bytes
-        return [FieldError(field, record_too_large_message("the item", size, limit))]
+        message = record_too_large_message("the item", size, limit)
+        return ItemError(413, "body_too_large", [FieldError(_item_field(index), message)])
 
 
-def _result(index: int, outcome: RawRecord | list[FieldError]) -> dict[str, Any]:
+def _result(index: int, outcome: RawRecord | ItemError) -> dict[str, Any]:
     if isinstance(outcome, RawRecord):
         return {"index": index, "event_id": outcome.event_id}
-    return {"index": index, "errors": [e.as_json() for e in outcome]}
+    errors = [e.as_json() for e in outcome.errors]
+    return {"index": index, "status": outcome.status, "code": outcome.code, "errors": errors}
 
 
 async def client_gone(_: Request, exc: Exception) -> Response:

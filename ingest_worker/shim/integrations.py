@@ -5,9 +5,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ingest_worker.shim import store
 from ingest_worker.shim.common import (
     admin,
+    deps,
     json_body,
+    json_response,
     list_response,
     path_id,
     refresh_auth,
@@ -76,16 +79,20 @@ async def update(request: Request) -> Response:
 
 
 async def delete(request: Request) -> Response:
+    """The integration (its devices, types and tokens by foreign key) and, in the same
+    transaction, its stored events (Spot's cascade)."""
     admin(request)
-    answer = await row_response(
-        request,
-        KEY,
-        f"DELETE FROM integrations WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
-        (path_id(request, "integration_id", "integration"),),
-        "integration",
-    )
+    integration_id = path_id(request, "integration_id", "integration")
+    async with deps(request).store.tx() as conn:
+        row = await store.delete_owning_events(
+            conn,
+            f"DELETE FROM integrations WHERE id = %s RETURNING {INTEGRATION_COLUMNS}",
+            (integration_id,),
+            "integration",
+            "integration_id = %s",
+        )
     await refresh_auth(request)
-    return answer
+    return json_response({KEY: row})
 
 
 ROUTES = [

@@ -65,13 +65,70 @@ _OBJECTS: dict[str, Json] = {
                 "items": {
                     "type": "object",
                     "required": ["index"],
+                    "description": "Published: `index`, `event_id`. Not published: `index`, "
+                    "`status` and `code` (what ingesting the item alone would answer: "
+                    "`invalid_request`, `body_too_large`, or a synchronous check's code) and "
+                    "`errors` (the item's fields at fault).",
                     "properties": {
                         "index": {"type": "integer"},
                         "event_id": {"type": "string", "format": "uuid"},
+                        "status": {"type": "integer"},
+                        "code": {"type": "string"},
                         "errors": {"type": "array"},
                     },
                 },
             }
+        },
+    },
+    "integration_event": {
+        "type": "object",
+        "description": "A stored event. Listed events have every field; a rejected one (read "
+        "by id) has those its record carried, the others null.",
+        "required": [
+            "id",
+            "integration_id",
+            "integration_event_type_id",
+            "integration_device_id",
+            "timestamp",
+            "duration",
+            "buffer",
+            "attributes",
+            "created",
+            "updated",
+        ],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "integration_id": _ID,
+            "integration_event_type_id": {"type": ["integer", "null"]},
+            "integration_device_id": {"type": ["integer", "null"]},
+            "timestamp": {"type": ["string", "null"], "format": "date-time"},
+            "duration": {"type": ["integer", "null"], "description": "milliseconds"},
+            "buffer": {"type": ["integer", "null"], "description": "milliseconds"},
+            "attributes": {
+                "description": "As stored: a listed event's are an object; a rejected one's "
+                "are whatever its record carried (null when it had none)."
+            },
+            "created": _STAMP,
+            "updated": _STAMP,
+        },
+    },
+    "integration_event_fate": {
+        "type": "object",
+        "required": ["integration_event", "status"],
+        "properties": {
+            "integration_event": {"$ref": "#/components/schemas/integration_event"},
+            "status": {"type": "string", "enum": ["accepted", "rejected"]},
+            "error": {
+                "type": "object",
+                "description": "Why the event was rejected (only when `status` is rejected).",
+                "required": ["status", "code", "message"],
+                "properties": {
+                    "status": {"type": "integer"},
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "details": {"type": "array"},
+                },
+            },
         },
     },
     "integration": {
@@ -260,6 +317,92 @@ _IDEMPOTENCY = [
 ]
 
 
+_STORE_OFF = {
+    "description": "The event store is off (`event_store_disabled`)",
+    "content": {"application/problem+json": {"schema": _ref("problem")}},
+}
+_EVENT_ID = {
+    "name": "event_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _ids_param(name: str, what: str) -> Json:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"{what}: repeated keys or comma lists; any of them matches",
+        "style": "form",
+        "explode": True,
+        "schema": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        },
+    }
+
+
+def _time_param(name: str, what: str) -> Json:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": f"{what}, RFC 3339",
+        "schema": {"type": "string", "format": "date-time"},
+    }
+
+
+_EVENT_FILTERS = [
+    _ids_param("integrationEventTypeIds", "event type ids"),
+    _ids_param("integrationDeviceIds", "device ids"),
+    _ids_param("cameraIds", "camera ids (those the events' devices have now)"),
+    _time_param("start", "events at or after this time"),
+    _time_param("end", "events before this time"),
+]
+
+
+def _stored(operation: Json) -> Json:
+    """An operation of the event store: 501 when it is off."""
+    operation["responses"]["501"] = _STORE_OFF
+    return operation
+
+
+def _add_event_store(paths: Json, events: str) -> None:
+    """The stored-event operations: list (beside ingest's POST), fate, update, delete."""
+    paths[events]["get"] = _stored(
+        _op(
+            "List stored events (accepted, not deleted), by timestamp then id",
+            _params("integration_id") + _EVENT_FILTERS + _LIST_PARAMS,
+            ("200", _list_envelope("integration_events", "integration_event")),
+        )
+    )
+    item = [*_params("integration_id"), _EVENT_ID]
+    accepted = ("202", _ref("event_accepted"))
+    paths[f"{events}/{{event_id}}"] = {
+        "get": _stored(
+            _op("Read a stored event's fate", item, ("200", _ref("integration_event_fate")))
+        ),
+        "put": _stored(_op("Update a stored event", item, accepted, "update")),
+        "delete": _stored(_op("Delete a stored event", item, accepted)),
+    }
+
+
+# With INGEST_API_VALIDATION=sync (the default), ingest also answers these at once.
+_SYNC_CHECKS = {
+    "400": "Invalid request (`invalid_request`, `invalid_json`); in sync mode also "
+    "`invalid_attributes` (see `details`), `device_unresolvable`, `template_unresolvable`",
+    "404": "Unknown integration or not this token's (`not_found`); in sync mode also "
+    "`unknown_event_type`, `device_not_found`",
+}
+
+
+def _add_sync_checks(responses: Json) -> None:
+    for status, text in _SYNC_CHECKS.items():
+        responses[status]["description"] = text
+
+
 def _paths() -> Json:
     events = "/v1/integrations/{integration_id}/events"
     paths: Json = {
@@ -282,6 +425,8 @@ def _paths() -> Json:
             )
         },
     }
+    _add_event_store(paths, events)
+    _add_sync_checks(paths[events]["post"]["responses"])
     paths.update(
         _crud(
             "/v1/integrations",

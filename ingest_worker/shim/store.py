@@ -1,4 +1,5 @@
-"""PostgreSQL queries of the management API: integrations, event types, devices, tokens.
+"""PostgreSQL queries of the management API: integrations, event types, devices, tokens
+(the stored events' own are in `event_store`).
 
 Library errors are translated here: a lost database becomes DependencyUnavailable (503), a
 constraint violation a Problem with the field at fault.
@@ -90,12 +91,11 @@ def _conflict(exc: psycopg.errors.UniqueViolation) -> Problem:
 
 def jsonable(row: Row) -> Row:
     """A row as API JSON: timestamps in RFC 3339 (UTC, milliseconds, `Z`)."""
-    return {
-        key: _iso(value) if isinstance(value, datetime) else value for key, value in row.items()
-    }
+    return {key: iso(value) if isinstance(value, datetime) else value for key, value in row.items()}
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
+    """A time as the API prints it: RFC 3339, UTC, milliseconds, `Z`."""
     return (
         moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     )
@@ -105,22 +105,35 @@ def _iso(moment: datetime) -> str:
 
 
 def encode_cursor(row_id: int, direction: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"id": row_id, "d": direction})).decode()
+    return encode_position({"id": row_id, "d": direction})
 
 
 def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
     """(id, "next"|"prev") from an opaque cursor; a 400 problem if it is not one of ours."""
+    data = decode_position(cursor)
+    if data is None:
+        return None
+    if not _is_position(data):
+        raise bad_cursor()
+    return data["id"], data["d"]
+
+
+def encode_position(position: dict[str, Any]) -> str:
+    """A list position (a small JSON object) as an opaque cursor."""
+    return base64.urlsafe_b64encode(orjson.dumps(position)).decode()
+
+
+def decode_position(cursor: str | None) -> Any:
+    """The JSON inside an opaque cursor (None when there is none), unchecked beyond being
+    JSON; a 400 problem when it is too long or not base64 JSON."""
     if not cursor:
         return None
     if len(cursor) > MAX_CURSOR_CHARS:
-        raise _bad_cursor()
+        raise bad_cursor()
     try:
-        data = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
     except (binascii.Error, ValueError, orjson.JSONDecodeError) as exc:
-        raise _bad_cursor() from exc
-    if not _is_position(data):
-        raise _bad_cursor()
-    return data["id"], data["d"]
+        raise bad_cursor() from exc
 
 
 def _is_position(data: Any) -> bool:
@@ -132,7 +145,7 @@ def _is_position(data: Any) -> bool:
     return in_range and data["d"] in ("next", "prev")
 
 
-def _bad_cursor() -> Problem:
+def bad_cursor() -> Problem:
     return invalid([FieldError("cursor", "not a valid cursor")])
 
 
@@ -229,6 +242,17 @@ async def one(conn: Conn, query: LiteralString, params: tuple[Any, ...], what: s
     if row is None:
         raise not_found(what)
     return jsonable(row)
+
+
+async def delete_owning_events(
+    conn: Conn, query: LiteralString, params: tuple[Any, ...], what: str, owner: LiteralString
+) -> Row:
+    """Run a one-row DELETE (404 naming `what` when nothing matched) and delete the stored
+    events it owns, `owner` being their filter on `params` (Spot's cascade; the events
+    table has no foreign keys), in the caller's transaction."""
+    row = await one(conn, query, params, what)
+    await conn.execute(f"DELETE FROM events WHERE {owner}", params)
+    return row
 
 
 async def integration_exists(conn: Conn, integration_id: int) -> None:

@@ -17,11 +17,13 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ingest_worker.core import encode
+from ingest_worker.core import plan as core_plan
 from ingest_worker.core.encode import OutRecord
 from ingest_worker.core.errors import DependencyUnavailable, is_recoverable
 from ingest_worker.core.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
+from ingest_worker.core.plan import DeviceRef, Refusal, device_in_integration
 from ingest_worker.core.rejections import Rejection, Source
-from ingest_worker.core.validate import EventType, check_attributes
+from ingest_worker.core.validate import EventType
 from ingest_worker.worker import resolve, store
 from ingest_worker.worker.catalog import Catalog, TypeKey
 from ingest_worker.worker.decode import (
@@ -32,7 +34,7 @@ from ingest_worker.worker.decode import (
     decode,
     fallback_event_id,
 )
-from ingest_worker.worker.resolve import Claim, ClaimKey, Device, DeviceRef
+from ingest_worker.worker.resolve import Claim, ClaimKey, Device
 from ingest_worker.worker.revise import (
     Events,
     Revised,
@@ -424,23 +426,25 @@ def _plan(
     if event.integration_id not in known:
         return _reject(event, 404, "unknown_integration", "no such integration")
     event_type = types.get((event.integration_id, event.event_type_id))
-    if event_type is None:
-        return _reject(event, 404, "unknown_event_type", "no such event type in this integration")
-    errors, total = check_attributes(event_type, event.body["attributes"], len(event.value))
-    if errors:
-        return Rejection(
-            event.source,
-            event.value,
-            event.event_id,
-            event.integration_id,
-            400,
-            "invalid_attributes",
-            "the attributes do not match the event type's schema",
-            errors,
-            total,
-            counted=total is not None,
-        )
-    return resolve.device_ref(event, event_type)
+    planned = core_plan.plan(event.body, len(event.value), event_type)
+    return planned if isinstance(planned, DeviceRef) else refused(event, planned)
+
+
+def refused(raw: RawEvent | RawChange, refusal: Refusal) -> Rejection:
+    """The rejection of a record refused by a shared decision (core/plan.py)."""
+    errors, total = refusal.errors
+    return Rejection(
+        raw.source,
+        raw.value,
+        raw.event_id,
+        raw.integration_id,
+        refusal.status,
+        refusal.code,
+        refusal.message,
+        errors,
+        total,
+        counted=total is not None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,8 +499,9 @@ def verdict(
     event_type = types[event.integration_id, event.event_type_id]
     if ref.device_id is not None:
         found = devices.direct.get(ref.device_id)
-        if found is None or found[1] != event.integration_id:
-            return _reject(event, 404, "device_not_found", "no such device in this integration")
+        refusal = device_in_integration(found and found[1], event.integration_id)
+        if found is None or refusal is not None:
+            return refused(event, refusal or core_plan.DEVICE_NOT_FOUND)
         return Accepted(event, event_type, ref, found[0])
     key = (event.integration_id, str(ref.external_id))
     device = devices.external.get(key)

@@ -1,7 +1,6 @@
-"""Device resolution: which device each event names (pure), then one batched round of SQL.
-
-Order, with no fallback between steps: `integration_device_id`, then `device_external_id`,
-then the event type's template, else `device_unresolvable`. External ids of a batch are
+"""Device resolution's SQL, one batched round: which device each event names is decided
+before (core/plan.py: `integration_device_id`, then `device_external_id`, then the event
+type's template, with no fallback between steps). External ids of a batch are
 de-duplicated, sorted (so concurrent batches lock rows in the same order), inserted with
 `ON CONFLICT DO NOTHING` and read back: however many replicas race, one row per id.
 """
@@ -9,26 +8,14 @@ de-duplicated, sorted (so concurrent batches lock rows in the same order), inser
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.rows import tuple_row
 
-from ingest_worker.core import template
-from ingest_worker.core.rejections import Rejection
-from ingest_worker.core.validate import EventType
 from ingest_worker.worker.decode import RawEvent
 
 MAX_DEVICE_NAME_CHARS = 40
-Method = Literal["direct", "external_id", "template"]
-
-
-class DeviceRef(NamedTuple):
-    """What an event names: a device id (direct) or an external id (given or templated)."""
-
-    method: Method
-    device_id: int | None = None
-    external_id: str | None = None
 
 
 class Device(NamedTuple):
@@ -39,33 +26,11 @@ class Device(NamedTuple):
     created_by_event: str | None
 
 
-def device_ref(event: RawEvent, event_type: EventType) -> DeviceRef | Rejection:
-    """The device an event names, or why it names none."""
-    body = event.body
-    if "integration_device_id" in body:
-        return DeviceRef("direct", device_id=int(body["integration_device_id"]))
-    if "device_external_id" in body:
-        return DeviceRef("external_id", external_id=str(body["device_external_id"]))
-    if event_type.template is None:
-        return _reject(event, 400, "device_unresolvable", "no device id, external id or template")
-    try:
-        external_id = template.evaluate(event_type.template, body["attributes"])
-    except template.Unresolvable as exc:
-        return _reject(event, 400, "template_unresolvable", str(exc))
-    return DeviceRef("template", external_id=external_id)
-
-
 def auto_name(external_id: str) -> str:
     """The name of an auto-created device: its external id, shortened to fit 40 characters."""
     if len(external_id) <= MAX_DEVICE_NAME_CHARS:
         return external_id
     return external_id[: MAX_DEVICE_NAME_CHARS - 1] + "…"
-
-
-def _reject(event: RawEvent, status: int, code: str, message: str) -> Rejection:
-    return Rejection(
-        event.source, event.value, event.event_id, event.integration_id, status, code, message
-    )
 
 
 # --- SQL: one statement per kind, all inside the caller's transaction ---------------------------

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from ingest_worker.core.plan import UNKNOWN_EVENT_TYPE
 from ingest_worker.core.rejections import Rejection, Source
 from ingest_worker.core.validate import EventType, check_attributes
 from ingest_worker.worker.decode import RawChange, RawEvent
@@ -179,7 +180,7 @@ def _updated(
     body = change.body
     event_type = types.get((change.integration_id, body["integration_event_type_id"]))
     if event_type is None:
-        return _reject(change, 404, "unknown_event_type", "no such event type in this integration")
+        return _reject(change, *UNKNOWN_EVENT_TYPE[:3])
     merged = {**orjson.loads(base.attributes_json or "{}"), **body["attributes"]}
     text = orjson.dumps(merged).decode()
     errors, total = check_attributes(event_type, merged, len(text))

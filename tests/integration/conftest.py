@@ -175,6 +175,19 @@ async def integration_id(admin_client: httpx.AsyncClient) -> int:
     return found
 
 
+@pytest.fixture
+async def event_type_id(admin_client: httpx.AsyncClient, integration_id: int) -> int:
+    """An event type of `integration_id` that takes any attributes (no template), so events
+    naming a device pass the API's synchronous checks (INGEST_API_VALIDATION=sync)."""
+    answer = await admin_client.post(
+        f"/v1/integrations/{integration_id}/event-types",
+        json={"name": "any", "schema": {"type": "object"}},
+    )
+    assert answer.status_code == 200, answer.text
+    found: int = answer.json()["integration_event_type"]["id"]
+    return found
+
+
 @dataclasses.dataclass(frozen=True)
 class ApiProcess:
     """`ingest-worker api` in its own process, as operators run it."""
@@ -235,4 +248,14 @@ async def env(
 ) -> AsyncIterator[Pipeline]:
     """An API and one in-process worker on topics of this test alone."""
     async with pipeline(settings, kafka_bootstrap, api_database) as found:
+        yield found
+
+
+@pytest.fixture
+async def async_env(
+    settings: Settings, kafka_bootstrap: str, api_database: str
+) -> AsyncIterator[Pipeline]:
+    """As `env`, with INGEST_API_VALIDATION=async: every event reaches the worker, for tests
+    of what the worker decides about events the API would otherwise refuse at once."""
+    async with pipeline(settings, kafka_bootstrap, api_database, api_validation="async") as found:
         yield found

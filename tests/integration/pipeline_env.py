@@ -93,10 +93,17 @@ async def running_worker(
 
 @asynccontextmanager
 async def pipeline(
-    base: Settings, bootstrap: str, database_url: str, *, workers: int = 1, partitions: int = 3
+    base: Settings,
+    bootstrap: str,
+    database_url: str,
+    *,
+    workers: int = 1,
+    partitions: int = 3,
+    **overrides: Any,
 ) -> AsyncIterator[Pipeline]:
-    """Fresh topics, an API publishing to them, and `workers` in-process workers."""
-    settings = fresh_settings(base)
+    """Fresh topics, an API publishing to them, and `workers` in-process workers; `overrides`
+    change their settings (`api_validation="async"` lets every event reach the worker)."""
+    settings = fresh_settings(base, **overrides)
     await ensure_topics(bootstrap, settings, partitions=partitions)
     async with (
         running_api(settings, bootstrap, database_url) as api,

@@ -77,15 +77,25 @@ def test_openapi_document_covers_every_route(api_process: ApiProcess) -> None:
 
 
 def test_health_readiness_and_metrics(api_process: ApiProcess) -> None:
-    """/healthz and /readyz answer 200 with Kafka, PostgreSQL and the token refresh up;
-    /metrics counts requests by route and status and has the publish latency histogram."""
+    """/healthz and /readyz answer 200 with Kafka, PostgreSQL, the token refresh and the
+    catalog's change follower up; /metrics counts requests by route and status and has the
+    publish latency histogram."""
     assert httpx.get(f"{api_process.url}/healthz").status_code == 200
     ready = httpx.get(f"{api_process.url}/readyz")
-    assert ready.json() == {"kafka": True, "postgres": True, "tasks": {"auth_refresh": True}}
-    path = f"{api_process.url}/v1/integrations/{api_process.integration_id}/events"
-    body = {"integration_event_type_id": 1, "timestamp": "2024-01-01T00:00:00Z", "attributes": {}}
+    tasks = {"auth_refresh": True, "catalog_follower": True}
+    assert ready.json() == {"kafka": True, "postgres": True, "tasks": tasks}
+    base = f"{api_process.url}/v1/integrations/{api_process.integration_id}"
     headers = {"authorization": f"Bearer {api_process.admin_token}"}
-    assert httpx.post(path, json=body, headers=headers).status_code == 202
+    typed = httpx.post(
+        f"{base}/event-types", json={"name": "t", "schema": {"type": "object"}}, headers=headers
+    )
+    body = {
+        "integration_event_type_id": typed.json()["integration_event_type"]["id"],
+        "timestamp": "2024-01-01T00:00:00Z",
+        "attributes": {},
+        "device_external_id": "d",
+    }
+    assert httpx.post(f"{base}/events", json=body, headers=headers).status_code == 202
     text = httpx.get(f"{api_process.url}/metrics").text
     assert (
         'ingest_http_requests_total{method="POST",'

@@ -202,28 +202,30 @@ async def small_api(api: RunningApi, integration_id: int) -> AsyncIterator[Runni
 
 
 async def test_event_over_the_topic_record_limit_is_413(
-    small_api: RunningApi, integration_id: int
+    small_api: RunningApi, integration_id: int, event_type_id: int
 ) -> None:
     """A body under the HTTP limit that the raw topic cannot hold is a 413 naming the topic's
     limit (a 503 would have the client retry forever); a smaller one on the same topic is a
     202."""
     path = f"/v1/integrations/{integration_id}/events"
     async with small_api.client() as client:
-        big = await client.post(path, json=event(attributes={"pad": "x" * SMALL_TOPIC_BYTES}))
-        small = await client.post(path, json=event(attributes={"pad": "x" * 1000}))
+        big = await client.post(
+            path, json=event(event_type_id, attributes={"pad": "x" * SMALL_TOPIC_BYTES})
+        )
+        small = await client.post(path, json=event(event_type_id, attributes={"pad": "x" * 1000}))
     problem = _assert_problem(big, 413, "body_too_large")
     assert str(SMALL_TOPIC_BYTES) in problem["detail"]
     assert small.status_code == 202, small.text
 
 
 async def test_import_item_over_the_topic_record_limit_gets_its_own_error(
-    small_api: RunningApi, integration_id: int
+    small_api: RunningApi, integration_id: int, event_type_id: int
 ) -> None:
     """An import item too big for the raw topic gets a per-item error and is not published;
     the other items are, and only they are on the topic."""
     items = [
-        event(attributes={"pad": "x" * SMALL_TOPIC_BYTES}),
-        event(device_external_id="fits"),
+        event(event_type_id, attributes={"pad": "x" * SMALL_TOPIC_BYTES}),
+        event(event_type_id, device_external_id="fits"),
     ]
     async with small_api.client() as client:
         answer = await client.post(
@@ -246,13 +248,13 @@ async def test_import_item_over_the_topic_record_limit_gets_its_own_error(
 
 
 async def test_body_of_exactly_the_body_limit_is_413_not_503(
-    api: RunningApi, admin_client: httpx.AsyncClient, integration_id: int
+    api: RunningApi, admin_client: httpx.AsyncClient, integration_id: int, event_type_id: int
 ) -> None:
     """A body of exactly INGEST_MAX_BODY_BYTES passes the HTTP limit but, with its headers,
     not the default topic's record limit: 413, never 503."""
     limit = api.settings.max_body_bytes
-    empty = len(orjson.dumps(event(attributes={"pad": ""})))
-    body = orjson.dumps(event(attributes={"pad": "x" * (limit - empty)}))
+    empty = len(orjson.dumps(event(event_type_id, attributes={"pad": ""})))
+    body = orjson.dumps(event(event_type_id, attributes={"pad": "x" * (limit - empty)}))
     assert len(body) == limit
     answer = await admin_client.post(
         f"/v1/integrations/{integration_id}/events",
@@ -276,12 +278,12 @@ async def _import(
 
 
 async def test_import_with_a_255_character_key(
-    api: RunningApi, admin_client: httpx.AsyncClient, integration_id: int
+    api: RunningApi, admin_client: httpx.AsyncClient, integration_id: int, event_type_id: int
 ) -> None:
     """A 255-character Idempotency-Key serves every item of an import: distinct event ids, the
     same ones on a retry, and each record carries the key unchanged with its item index."""
     key = "k" * 255
-    items = [event(device_external_id=f"long-key-{i}") for i in range(3)]
+    items = [event(event_type_id, device_external_id=f"long-key-{i}") for i in range(3)]
     first = await _import(admin_client, integration_id, items, key)
     again = await _import(admin_client, integration_id, items, key)
     ids = [r["event_id"] for r in first]
@@ -302,16 +304,16 @@ async def test_import_with_a_255_character_key(
 
 
 async def test_single_key_never_names_an_import_item(
-    admin_client: httpx.AsyncClient, integration_id: int
+    admin_client: httpx.AsyncClient, integration_id: int, event_type_id: int
 ) -> None:
     """An ingest with key `abc:0` and item 0 of an import with key `abc` get different ids."""
     single = await admin_client.post(
         f"/v1/integrations/{integration_id}/events",
-        json=event(),
+        json=event(event_type_id),
         headers={"idempotency-key": "abc:0"},
     )
     assert single.status_code == 202, single.text
-    (item,) = await _import(admin_client, integration_id, [event()], "abc")
+    (item,) = await _import(admin_client, integration_id, [event(event_type_id)], "abc")
     assert single.json()["event_id"] != item["event_id"]
 
 
@@ -358,12 +360,13 @@ async def test_client_gone_mid_body_publishes_nothing(
     integration_id: int,
     caplog: pytest.LogCaptureFixture,
     route: str,
+    event_type_id: int,
 ) -> None:
     """A client that closes before its declared Content-Length arrived (the part sent being
     valid JSON) has nothing published or stored, and nothing logged as an error; the API
     serves on."""
     marker, device = uuid.uuid4().hex, f"gone-{uuid.uuid4().hex}"
-    one = event(device_external_id=device, attributes={"marker": marker})
+    one = event(event_type_id, device_external_id=device, attributes={"marker": marker})
     body = {
         "events": one,
         "events/import": {"integration_events": [one]},
@@ -374,7 +377,8 @@ async def test_client_gone_mid_body_publishes_nothing(
     await _send_then_vanish(api.url, f"/v1/integrations/{integration_id}/{route}", payload, 500)
     await asyncio.sleep(0.5)
     after = await admin_client.post(
-        f"/v1/integrations/{integration_id}/events", json=event(device_external_id=device)
+        f"/v1/integrations/{integration_id}/events",
+        json=event(event_type_id, device_external_id=device),
     )
     assert after.status_code == 202, after.text
     after_id = after.json()["event_id"].encode()
@@ -391,12 +395,14 @@ async def test_client_gone_mid_body_publishes_nothing(
     assert _errors_logged(caplog) == []
 
 
-async def test_import_spends_one_token_per_item(api: RunningApi, integration_id: int) -> None:
+async def test_import_spends_one_token_per_item(
+    api: RunningApi, integration_id: int, event_type_id: int
+) -> None:
     """An import of N items spends N tokens: past the burst it is a 429 with Retry-After, and
     what it spent is gone for single events too; an import larger than the whole burst still
     passes on a full bucket."""
     path = f"/v1/integrations/{integration_id}/events"
-    three = {"integration_events": [event()] * 3}
+    three = {"integration_events": [event(event_type_id)] * 3}
     async with (
         running_api(
             api.settings, api.bootstrap, api.database_url, rate_limit_per_s=0.01, rate_limit_burst=5
@@ -405,8 +411,8 @@ async def test_import_spends_one_token_per_item(api: RunningApi, integration_id:
     ):
         first = await client.post(f"{path}/import", json=three)
         second = await client.post(f"{path}/import", json=three)
-        single = await client.post(path, json=event())
-        last = await client.post(path, json=event())
+        single = await client.post(path, json=event(event_type_id))
+        last = await client.post(path, json=event(event_type_id))
     assert [first.status_code, second.status_code, single.status_code] == [202, 429, 202]
     _assert_problem(second, 429, "rate_limited")
     assert int(second.headers["retry-after"]) >= 1
@@ -417,8 +423,10 @@ async def test_import_spends_one_token_per_item(api: RunningApi, integration_id:
         ) as limited,
         limited.client() as client,
     ):
-        many = await client.post(f"{path}/import", json={"integration_events": [event()] * 8})
-        after = await client.post(path, json=event())
+        many = await client.post(
+            f"{path}/import", json={"integration_events": [event(event_type_id)] * 8}
+        )
+        after = await client.post(path, json=event(event_type_id))
     assert many.status_code == 202, many.text
     assert after.status_code == 429
 

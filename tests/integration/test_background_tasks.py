@@ -70,8 +70,9 @@ async def test_the_follower_survives_junk_notifications(
 ) -> None:
     """After junk on `ingest_changes` (a list, scalars, bad JSON, nested junk, ids of the
     wrong type), a schema change still reaches the worker at once: the follower neither
-    crashed nor stopped. Cached types never expire here, so only the follower can apply it."""
-    never_expire = dataclasses.replace(settings, catalog_max_age_s=3600)
+    crashed nor stopped. Cached types never expire here, so only the follower can apply it;
+    the API leaves the attributes to the worker (async)."""
+    never_expire = dataclasses.replace(settings, catalog_max_age_s=3600, api_validation="async")
     async with pipeline(never_expire, kafka_bootstrap, api_database) as env:
         integration_id, type_id = await integration_with_type(env.client, NUMBER, None)
         await _notify(api_database, JUNK)
@@ -113,7 +114,8 @@ async def test_api_readyz_names_a_crashed_token_refresh(
     once the table is back the task restarts by itself and /readyz is 200 again."""
     async with running_api(api_settings, kafka_bootstrap, database_url) as api:
         ready = await _readyz(api.url, lambda a: a.status_code == 200)
-        assert ready.json() == {"kafka": True, "postgres": True, "tasks": {"auth_refresh": True}}
+        tasks = {"auth_refresh": True, "catalog_follower": True}
+        assert ready.json() == {"kafka": True, "postgres": True, "tasks": tasks}
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
             await conn.execute("ALTER TABLE api_tokens RENAME TO api_tokens_away")
             await conn.execute(f"NOTIFY {CHANNEL}")
@@ -121,11 +123,11 @@ async def test_api_readyz_names_a_crashed_token_refresh(
             assert down.json() == {
                 "kafka": True,
                 "postgres": True,
-                "tasks": {"auth_refresh": False},
+                "tasks": {"auth_refresh": False, "catalog_follower": True},
             }
             await conn.execute("ALTER TABLE api_tokens_away RENAME TO api_tokens")
         back = await _readyz(api.url, lambda a: a.status_code == 200)
-        assert back.json()["tasks"] == {"auth_refresh": True}
+        assert back.json()["tasks"] == tasks
     crashed = [r for r in caplog.records if r.name == "ingest_worker.core.supervise"]
     assert crashed
     assert all(r.__dict__["task"] == "auth_refresh" for r in crashed)

@@ -187,6 +187,13 @@ async def test_internal_references_and_ordinary_patterns_are_saved(
     assert answer.json()["integration_event_type"]["schema"] == schema
 
 
+@pytest.fixture
+def env(async_env: Pipeline) -> Pipeline:
+    """This module's pipeline tests send the worker what the API would refuse at once in sync
+    mode."""
+    return async_env
+
+
 async def test_a_stored_type_that_reaches_outside_is_never_fetched_by_the_worker(
     env: Pipeline, loopback: Loopback, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.pipeline_env import Pipeline
@@ -26,6 +27,12 @@ SCHEMA: dict[str, Any] = {
         "total": {"type": "number", "minimum": 0},
     },
 }
+
+
+@pytest.fixture
+def env(async_env: Pipeline) -> Pipeline:
+    """These tests send the worker what the API would refuse at once in sync mode."""
+    return async_env
 
 
 async def _setup(env: Pipeline, template: str | None = "{store}:{lane}") -> tuple[int, int]:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from ingest_worker.core.encode import OutRecord, read_accepted, rejected_value
 from ingest_worker.core.limits import record_size
+from ingest_worker.core.plan import DeviceRef
 from ingest_worker.core.raw import CONTRACT_HEADERS
 from ingest_worker.core.rejections import Rejection, Source
 from ingest_worker.core.shape import FieldError
@@ -29,7 +30,7 @@ from ingest_worker.worker.pipeline import (
     output,
     plan,
 )
-from ingest_worker.worker.resolve import Device, DeviceRef
+from ingest_worker.worker.resolve import Device
 from ingest_worker.worker.revise import Events, revise
 
 SOURCE = Source("raw", 0, 7)

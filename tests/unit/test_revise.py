@@ -8,11 +8,12 @@ from typing import Any
 
 import orjson
 
+from ingest_worker.core.plan import DeviceRef
 from ingest_worker.core.rejections import Rejection, Source
 from ingest_worker.core.validate import compile_type
 from ingest_worker.worker.decode import RawChange, RawEvent, decode
 from ingest_worker.worker.pipeline import Accepted, created_revision, plan
-from ingest_worker.worker.resolve import Device, DeviceRef
+from ingest_worker.worker.resolve import Device
 from ingest_worker.worker.revise import (
     Events,
     Revised,

@@ -1,0 +1,150 @@
+"""Latency of Spot's event list by device over a large store: `GET
+/v1/integrations/{id}/events?integrationDeviceIds=D&limit=50` against `ingest-worker api`,
+with 1,000,000 stored events (1,000 devices, received over the last 10 days, so 10 day
+partitions and more), one request at a time. Baseline in the same run: `GET
+.../devices/{D}` (one row by primary key), the same server's floor for an authenticated GET.
+
+    .venv/bin/python bench/events.py [--events 1000000] [--requests 2000]
+
+Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else started here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+import psycopg
+from api import ADMIN, _wait
+from workload import stack
+
+from devstack.proc import free_port
+from ingest_worker.core.config import Settings
+
+DEVICES = 1000
+DAYS = 10
+
+_FILL = """
+    INSERT INTO events (integration_id, id, revision, received_at, op, current, event_type_id,
+        event_type_version, device_id, device_resolution, "timestamp", duration_ms, buffer_ms,
+        attributes, revision_received_at, raw_key, source_partition, source_offset)
+    SELECT %(i)s, gen_random_uuid(), 1, r.at, 'created', true, %(t)s, 1,
+           (%(devices)s::int[])[1 + g %% %(n)s], 'direct',
+           r.at - interval '5 seconds', 0, 0,
+           json_build_object('store', 'S' || (g %% 97), 'lane', g %% 20, 'total', g)::text::json,
+           r.at, '\\x00', g %% 6, g
+    FROM generate_series(1, %(count)s) AS g,
+         LATERAL (SELECT now() - (g::float / %(count)s) * %(days)s * interval '1 day' AS at) r
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    with stack("bench-events") as settings:
+        integration_id, devices = _fill(str(settings.database_url), args.events)
+        lists, floor = _measure(settings, integration_id, devices, args.requests)
+    print(f"\n{args.events} stored events, {DEVICES} devices, {DAYS} days; one request at a time")
+    print(f"{'request':<48} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7}")
+    rows = (("list by device, page of 50", lists), ("device by id (floor)", floor))
+    for name, samples in rows:
+        cells = " ".join(f"{_pct(samples, pct):>7.1f}" for pct in (50, 95, 99))
+        print(f"{name:<48} {cells}")
+    print("target: list by device p99 <= 20 ms")
+
+
+def _fill(database_url: str, count: int) -> tuple[int, list[int]]:
+    """An integration with DEVICES devices and `count` stored events spread over DAYS days."""
+    started = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("INSERT INTO integrations (name) VALUES ('b') RETURNING id").fetchone()
+        assert row is not None
+        integration_id = int(row[0])
+        typed = conn.execute(
+            "INSERT INTO event_types (integration_id, name, schema) VALUES (%s, 't', '{}') "
+            "RETURNING id",
+            (integration_id,),
+        ).fetchone()
+        assert typed is not None
+        devices = [
+            int(r[0])
+            for r in conn.execute(
+                "INSERT INTO devices (integration_id, name) "
+                "SELECT %s, 'd' || g FROM generate_series(1, %s) g RETURNING id",
+                (integration_id, DEVICES),
+            ).fetchall()
+        ]
+        conn.execute(
+            "SELECT ingest_event_partition((now() AT TIME ZONE 'UTC')::date - d) "
+            "FROM generate_series(0, %s) d",
+            (DAYS,),
+        )
+        values = {"i": integration_id, "t": typed[0], "devices": devices, "n": DEVICES}
+        conn.execute(_FILL, {**values, "count": count, "days": DAYS})
+        conn.execute("VACUUM ANALYZE events")
+    print(f"filled {count} events in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return integration_id, devices
+
+
+def _measure(
+    settings: Settings, integration_id: int, devices: list[int], requests: int
+) -> tuple[list[float], list[float]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka_bootstrap_servers),
+        "DATABASE_URL": str(settings.database_url),
+        "INGEST_ADMIN_TOKEN": ADMIN,
+        "INGEST_API_PORT": str(port),
+        "INGEST_RATE_LIMIT_PER_S": "0",
+        "INGEST_LOG_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait(f"{url}/healthz")  # alive is enough: listing needs PostgreSQL, not Kafka
+        base = f"{url}/v1/integrations/{integration_id}"
+        with httpx.Client(headers={"authorization": f"Bearer {ADMIN}"}, timeout=30) as client:
+
+            def listed(device: int) -> httpx.Response:
+                return client.get(f"{base}/events?integrationDeviceIds={device}&limit=50")
+
+            def found(device: int) -> httpx.Response:
+                return client.get(f"{base}/devices/{device}")
+
+            _timed(listed, devices, 200)  # warm-up
+            _timed(found, devices, 200)
+            return _timed(listed, devices, requests), _timed(found, devices, requests)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _timed(call: Callable[[int], httpx.Response], devices: list[int], count: int) -> list[float]:
+    """Milliseconds per request, for random devices; every answer must be a 200."""
+    samples = []
+    for _ in range(count):
+        device = random.choice(devices)  # noqa: S311 - a load pattern, not a secret
+        started = time.perf_counter()
+        answer = call(device)
+        samples.append((time.perf_counter() - started) * 1000)
+        if answer.status_code != 200:
+            raise RuntimeError(f"{answer.status_code}: {answer.text[:300]}")
+    return samples
+
+
+def _pct(samples: list[float], pct: int) -> float:
+    return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
+
+
+if __name__ == "__main__":
+    main()
