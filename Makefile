@@ -14,7 +14,7 @@ help:
 	@echo "make run    start the local stack (Kafka, PostgreSQL) and the service"
 	@echo "make test   lint, then the whole test suite against real Kafka and PostgreSQL"
 	@echo "make lint   ruff and mypy --strict"
-	@echo "make bench  API requests/s and worker events/s, each against a baseline"
+	@echo "make bench  API requests/s, worker events/s, event list latency, each against a baseline"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,7 @@ bench: venv
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/api.py
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/worker.py
+	$(BIN)/python bench/events.py
 	$(BIN)/python bench/records.py
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/validators.py

@@ -8,12 +8,13 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 from aiokafka import AIOKafkaProducer
@@ -383,3 +384,56 @@ def _revision(integration_id: int, offset: int) -> Revision:
         integration_id, str(uuid.uuid4()), 1, now_ms, "created", 1, 1, 1, None, "direct",
         0, 0, 0, "{}", now_ms, None, None, b"k", Source("raw", 0, offset), None,
     )  # fmt: skip
+
+
+async def test_an_event_through_the_api_is_stored_changed_and_deleted(env: Pipeline) -> None:
+    """End to end, as a Spot client sees it: ingest, then the event is listed and found
+    accepted; an update answered 202 shows its merged attributes; a delete makes it gone
+    from the list and from lookups."""
+    integration_id, type_id = await integration_with_type(env.client, SCHEMA, None)
+    base = f"/v1/integrations/{integration_id}/events"
+    body = {
+        "integration_event_type_id": type_id,
+        "timestamp": "2024-06-01T12:00:00Z",
+        "attributes": {"store": "a", "n": 1},
+        "device_external_id": "dev-a",
+    }
+    made = await env.client.post(base, json=body)
+    assert made.status_code == 202, made.text
+    event_id = made.json()["event_id"]
+    found = await _until(env, f"{base}/{event_id}", lambda a: a.status_code == 200)
+    assert found.json()["status"] == "accepted"
+    assert found.json()["integration_event"]["attributes"] == {"store": "a", "n": 1}
+    device_id = found.json()["integration_event"]["integration_device_id"]
+    listed = await env.client.get(base, params={"integrationDeviceIds": str(device_id)})
+    assert [e["id"] for e in listed.json()["integration_events"]] == [event_id]
+    update = {"integration_event_type_id": type_id, "attributes": {"n": 2}}
+    assert (await env.client.put(f"{base}/{event_id}", json=update)).status_code == 202
+    changed = await _until(
+        env,
+        f"{base}/{event_id}",
+        lambda a: a.json()["integration_event"]["attributes"] == {"store": "a", "n": 2},
+    )
+    assert changed.json()["integration_event"]["timestamp"].startswith("2024-06-01T12:00:00")
+    assert (await env.client.delete(f"{base}/{event_id}")).status_code == 202
+    await _until(env, f"{base}/{event_id}", lambda a: a.status_code == 404)
+    assert (await env.client.get(base)).json()["integration_events"] == []
+    out = await changelog(env.bootstrap, env.settings, 3)
+    assert [(o[1]["op"], o[1]["revision"]) for o in out] == [
+        ("created", 1),
+        ("updated", 2),
+        ("deleted", 3),
+    ]
+
+
+async def _until(
+    env: Pipeline, path: str, done: Callable[[httpx.Response], bool], timeout_s: float = 30
+) -> httpx.Response:
+    """GET `path` until `done(answer)`; the last answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = await env.client.get(path)
+        if done(answer) or time.monotonic() > deadline:
+            assert done(answer), answer.text
+            return answer
+        await asyncio.sleep(0.1)
