@@ -271,14 +271,19 @@ class Worker:
             await self._recover("kafka", exc)
             return
         self._committing_offsets = self.offsets.take_pending()
-        self._committing = asyncio.ensure_future(self._commit(self._committing_offsets, group))
+        serial = self.sink.open_transaction()  # the one holding these offsets' outputs
+        commit = self._commit(self.sink, self._committing_offsets, group, serial)
+        self._committing = asyncio.ensure_future(commit)
 
-    async def _commit(self, offsets: dict[Partition, int], group: Any) -> None:
+    async def _commit(
+        self, sink: Sink, offsets: dict[Partition, int], group: Any, serial: int | None
+    ) -> None:
         """PostgreSQL first (a batch's outputs count only once its rows and devices are
-        committed, so a replay finds them), then the Kafka transaction."""
+        committed, so a replay finds them), then that Kafka transaction: never another one,
+        should a rebalance abort it meanwhile or the sink be replaced."""
         await self.storing.settled()
         self._commit_started = time.perf_counter()
-        await self._outcome(self.sink.commit_soon(offsets, group))
+        await self._outcome(sink.commit_soon(offsets, group, serial))
 
     async def _settled(self) -> bool:
         """Wait for the commit in flight; False if it failed (everything since the last
@@ -292,6 +297,7 @@ class Worker:
             await self._recover("kafka", exc)
             return False
         self.offsets.committed(self._committing_offsets)
+        self.storing.isolate = False  # past whatever record PostgreSQL refused
         self.metrics.commit_seconds.observe(time.perf_counter() - self._commit_started)
         self._failures = 0
         self.metrics.set_dependencies_up(True)

@@ -104,8 +104,8 @@ Decided = dict[Source, tuple[OutRecord, Verdict]]
 class Storing:
     """The last batch's store write and commit, left to finish while the loop goes on: the
     next batch's transaction, and the Kafka commit of this one's outputs, wait for it.
-    `isolate`: a write PostgreSQL refused for its data; the batch runs again whole, so the
-    record at fault can be found."""
+    `isolate`: a write PostgreSQL refused for its data; until the next Kafka commit, batches
+    run whole again, so the record at fault is found (and rejected alone)."""
 
     task: asyncio.Task[Decided] | None = None
     isolate: bool = False
@@ -227,10 +227,7 @@ async def _run(
     store write and commit then go on in `storing` (PostgreSQL works on them while the worker
     polls and decodes the next batch)."""
     if storing is None or storing.isolate:
-        decided = await _transaction(pool, catalog, items, topics, policy, None)
-        if storing is not None:
-            storing.isolate = False
-        return decided
+        return await _transaction(pool, catalog, items, topics, policy, None)
     ready: asyncio.Future[Decided] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(_transaction(pool, catalog, items, topics, policy, ready))
     await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
@@ -318,7 +315,8 @@ async def _decide(
         return decided, learned, []
     topic = changes[0].source.topic if changes else ""
     stored = await store.load(conn, {(c.integration_id, c.event_id) for c in changes}, topic)
-    rows = _revisions(items, decided, Events(stored), types, topics)
+    now_ms = int(time.time() * 1000)
+    rows = _revisions(items, decided, Events(stored), types, (topics, now_ms))
     return decided, learned, [r for r in rows if r.integration_id in known]
 
 
@@ -354,27 +352,64 @@ def _revisions(
     decided: Decided,
     events: Events,
     types: Mapping[TypeKey, EventType],
-    topics: Topics,
+    rules: tuple[Topics, int],
 ) -> list[Revision]:
     """In input order: each event's revision 1 (or 0, rejected), and each change applied to
     the event as the batch has left it so far (its output decided here: a change that
-    would not fit its topic changes nothing)."""
+    would not fit its topic changes nothing). `rules`: the output topics, and the store's
+    day window (`stored_day`) as of now."""
+    topics, now_ms = rules
     rows: list[Revision] = []
     for record, item in items:
         if isinstance(item, RawChange):
-            decided[item.source] = out = output(revise(item, events, types), topics)
+            decided[item.source] = out = output(_revised(item, events, types), topics)
             if isinstance(out[1], Revised) and not out[1].replayed:
                 events.add(out[1].revision)
             continue
-        final = decided[item.source][1]
-        if isinstance(final, Accepted):
-            rows.append(created := created_revision(final, record.key))
-            events.created(created)
-        elif isinstance(final, Rejection):
-            event = item if isinstance(item, RawEvent) else None
-            row = rejected_revision(final, event, record.key, _received_ms(record))
-            rows += [row] if row is not None else []
+        row = _stored(record, item, decided[item.source][1])
+        if row is None:
+            continue
+        rows.append(row := row._replace(received_at_ms=stored_day(row.received_at_ms, now_ms)))
+        if row.op == "created":
+            events.created(row)
     return rows + events.added
+
+
+def _stored(record: InRecord, item: RawEvent | Rejection, final: Verdict) -> Revision | None:
+    """The row of an event's fate; none for a change refused before it named its event."""
+    if isinstance(final, Accepted):
+        return created_revision(final, record.key)
+    if isinstance(final, Rejection) and not _is_change(record):
+        event = item if isinstance(item, RawEvent) else None
+        return rejected_revision(final, event, record.key, _received_ms(record))
+    return None
+
+
+def _is_change(record: InRecord) -> bool:
+    return any(name.lower() == "op" for name, _ in record.headers or ())
+
+
+def _revised(
+    change: RawChange, events: Events, types: Mapping[TypeKey, EventType]
+) -> Revised | Rejection:
+    """`revise`, with any unexpected failure a rejection of this record alone."""
+    try:
+        return revise(change, events, types)
+    except BaseException as exc:
+        if not is_recoverable(exc):
+            raise
+        return _unprocessable_event(change, "revise", exc)
+
+
+DAY_MS = 86_400_000
+
+
+def stored_day(received_at_ms: int, now_ms: int) -> int:
+    """The partition key of a new stored event: when it was received, kept within the days
+    that always have a partition (yesterday to tomorrow), so a far-off `received-at` from a
+    gateway never fills the default partition; stored events are kept from then on."""
+    today = now_ms - now_ms % DAY_MS
+    return min(max(received_at_ms, today - DAY_MS), today + 2 * DAY_MS - 1)
 
 
 def _received_ms(record: InRecord) -> int:

@@ -128,21 +128,27 @@ class Revised:
 @dataclass
 class Events:
     """The batch's view of stored events: every revision loaded of the events its changes
-    name, then the revisions the batch adds, in order."""
+    name, and the latest revision the batch made (or created) of each, in input order."""
 
     stored: dict[EventKey, list[Revision]]
     added: list[Revision] = field(default_factory=list)
-    latest: dict[EventKey, Revision] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for key, revisions in self.stored.items():
-            if revisions:
-                self.latest[key] = max(revisions, key=lambda r: r.revision)
+    fresh: dict[EventKey, Revision] = field(default_factory=dict)
 
     def created(self, revision: Revision) -> None:
         """An event accepted by this batch; a replay of one already stored changes nothing."""
-        if revision.key not in self.latest:
-            self.latest[revision.key] = revision
+        if not self.stored.get(revision.key):
+            self.fresh.setdefault(revision.key, revision)
+
+    def base(self, change: RawChange) -> Revision | None:
+        """The revision a change applies to: the latest one made before it. A replayed
+        change (of a batch whose PostgreSQL transaction committed and whose Kafka one did
+        not) must not see what later records of its partition stored since: it is judged
+        again exactly as it was the first time."""
+        key = (change.integration_id, change.event_id)
+        if key in self.fresh:
+            return self.fresh[key]
+        earlier = [r for r in self.stored.get(key, ()) if not _made_later(r.source, change.source)]
+        return max(earlier, key=lambda r: r.revision, default=None)
 
     def made_by(self, change: RawChange) -> Revision | None:
         """The stored revision this very raw record made before (a replay), if any."""
@@ -152,8 +158,13 @@ class Events:
         return None
 
     def add(self, revision: Revision) -> None:
-        self.latest[revision.key] = revision
+        self.fresh[revision.key] = revision
         self.added.append(revision)
+
+
+def _made_later(made: Source, by: Source) -> bool:
+    """Whether record `made` comes after record `by` in one raw partition."""
+    return made.partition == by.partition and made.topic == by.topic and made.offset > by.offset
 
 
 def revise(
@@ -164,7 +175,7 @@ def revise(
     again = events.made_by(change)
     if again is not None:
         return Revised(change, again, replayed=True)
-    base = events.latest.get((change.integration_id, change.event_id))
+    base = events.base(change)
     if base is None or base.op not in ("created", "updated"):
         return _reject(change, 404, "event_not_found", "no such stored event in this integration")
     if change.op == "delete":

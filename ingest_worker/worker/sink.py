@@ -79,6 +79,7 @@ class Sink:
         self._config, self._timeout_s = dict(config), timeout_s
         self._producer: Producer | None = None
         self._open = False
+        self._serial = 0  # of the transaction begun last
         self._lock = threading.Lock()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "kafka-producer")
         self._committing: concurrent.futures.Future[None] | None = None
@@ -107,11 +108,21 @@ class Sink:
                     self._drop()
                 raise TransactionFailed(f"cannot queue the outputs: {error}") from exc
 
-    def commit_soon(self, offsets: Mapping[Partition, int], group: object) -> asyncio.Future[None]:
-        """Commit the open transaction with `offsets` on the sink's thread; the caller goes
-        on meanwhile. The future raises TransactionFailed if it did not commit."""
+    def open_transaction(self) -> int | None:
+        """The serial number of the open transaction (None: none is open): what a commit
+        later must name, so that it never commits another one."""
+        with self._lock:
+            return self._serial if self._open else None
+
+    def commit_soon(
+        self, offsets: Mapping[Partition, int], group: object, serial: int | None
+    ) -> asyncio.Future[None]:
+        """Commit transaction `serial` (see `open_transaction`) with `offsets` on the sink's
+        thread; the caller goes on meanwhile. The future raises TransactionFailed if it did
+        not commit, and at once if that transaction is no longer the open one (a rebalance
+        aborted it meanwhile)."""
         tps = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in offsets.items()]
-        self._committing = self._thread.submit(self._commit_blocking, tps, group)
+        self._committing = self._thread.submit(self._commit_blocking, tps, group, serial)
         return asyncio.wrap_future(self._committing)
 
     async def abort(self) -> None:
@@ -165,11 +176,14 @@ class Sink:
                 raise DependencyUnavailable(f"cannot start the producer: {exc}") from exc
             self._producer, self._open = producer, False
 
-    def _commit_blocking(self, offsets: list[TopicPartition], group: object) -> None:
+    def _commit_blocking(
+        self, offsets: list[TopicPartition], group: object, serial: int | None
+    ) -> None:
         with self._lock:
             producer = self._require()
+            if not self._open or serial != self._serial:
+                raise TransactionFailed("the transaction to commit was aborted meanwhile")
             try:
-                self._begin(producer)
                 self._retrying(lambda t: producer.send_offsets_to_transaction(offsets, group, t))
                 self._retrying(producer.commit_transaction)
             except KafkaException as exc:
@@ -193,6 +207,7 @@ class Sink:
         if not self._open:
             producer.begin_transaction()
             self._open = True
+            self._serial += 1
 
     def _abort_or_drop(self, producer: Producer) -> None:
         """Abort the open transaction; if even that fails, drop the producer (the next one

@@ -33,14 +33,27 @@ _LOAD = """
 """
 
 
+# One lock per changed event until the batch commits: two workers never build on the same
+# revision (changes of one event keyed to two raw partitions by a gateway). Taken in key
+# order, so replicas never deadlock; the one-bigint key space is the events' alone.
+_LOCK = """
+    SELECT pg_advisory_xact_lock(k) FROM (
+        SELECT DISTINCT hashtextextended(w.i::text || '/' || w.id, 0) AS k
+        FROM unnest(%s::int[], %s::text[]) AS w (i, id) ORDER BY 1) AS s
+"""
+
+
 async def load(conn: Conn, keys: set[EventKey], raw_topic: str) -> dict[EventKey, list[Revision]]:
-    """Every accepted revision of these events (created, updated, deleted)."""
+    """Every accepted revision of these events (created, updated, deleted), each event
+    locked until the transaction ends."""
     found: dict[EventKey, list[Revision]] = defaultdict(list)
     if not keys:
         return found
     ordered = sorted(keys)
+    columns = ([k[0] for k in ordered], [k[1] for k in ordered])
     async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(_LOAD, ([k[0] for k in ordered], [k[1] for k in ordered]))
+        await cur.execute(_LOCK, columns)
+        await cur.execute(_LOAD, columns)
         for row in await cur.fetchall():
             source = Source(raw_topic, row[18], row[19])
             rev = Revision._make([*row[:18], source, row[20], row[21]])

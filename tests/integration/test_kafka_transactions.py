@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from ingest_worker.core.encode import OutRecord
+from ingest_worker.worker.offsets import Partition
+from ingest_worker.worker.sink import Sink, TransactionFailed, producer_config
 from tests.integration.conftest import RUN_ID, NewTopicFactory
 
 
@@ -171,3 +174,33 @@ async def test_a_stale_group_generation_cannot_commit_offsets(
         second.close()
     assert committed.offset < 0
     assert await asyncio.to_thread(_read_all, kafka_bootstrap, sink, "read_committed", 0) == []
+
+
+async def test_a_commit_of_an_aborted_transaction_commits_nothing(
+    kafka_bootstrap: str, new_topic: NewTopicFactory
+) -> None:
+    """The worker's sink: a commit asked for a transaction that a rebalance aborted
+    meanwhile (`settle_blocking`) fails, and never commits its offsets into a fresh
+    transaction of its own; the open one still commits."""
+    source, out = await new_topic(partitions=1), await new_topic(partitions=1)
+    member = await asyncio.to_thread(_member, kafka_bootstrap, f"group-{RUN_ID}-{source}", source)
+    config = producer_config(kafka_bootstrap, f"tx-{RUN_ID}-{uuid.uuid4().hex}", 10, [1 << 20])
+    sink = Sink(config, 10)
+    try:
+        await sink.ensure()
+        group = member.consumer_group_metadata()
+        sink.send([OutRecord(out, b"k", b"aborted", [])])
+        aborted = sink.open_transaction()
+        await asyncio.to_thread(sink.settle_blocking)  # as a rebalance does
+        late = sink.commit_soon({Partition(source, 0): 7}, group, aborted)
+        with pytest.raises(TransactionFailed):
+            await late
+        sink.send([OutRecord(out, b"k", b"kept", [])])
+        await sink.commit_soon({Partition(source, 0): 3}, group, sink.open_transaction())
+        (committed,) = member.committed([TopicPartition(source, 0)], timeout=30)
+    finally:
+        await sink.close()
+        member.close()
+    assert committed.offset == 3
+    kept = await asyncio.to_thread(_read_all, kafka_bootstrap, out, "read_committed", 1)
+    assert kept == [b"kept"]

@@ -79,14 +79,16 @@ class OutcomeLostSink(Sink):
         super().__init__(*args)
         self.attempts = 0
 
-    def _commit_blocking(self, offsets: list[TopicPartition], group: object) -> None:
+    def _commit_blocking(
+        self, offsets: list[TopicPartition], group: object, serial: int | None
+    ) -> None:
         self.attempts += 1
         if self.attempts == 1:
-            super()._commit_blocking(offsets, group)
+            super()._commit_blocking(offsets, group, serial)
             self._lost("injected: committed, but the answer was lost")
         if self.attempts == 2:
             self._lost("injected: lost in the middle of the transaction")
-        super()._commit_blocking(offsets, group)
+        super()._commit_blocking(offsets, group, serial)
 
     def _lost(self, why: str) -> None:
         """Fail the way a timeout would: late (the consumer has fetched what follows), and
@@ -123,8 +125,10 @@ class StuckSink(Sink):
 
     stuck_once = False
 
-    def _commit_blocking(self, offsets: list[TopicPartition], group: object) -> None:
-        super()._commit_blocking(offsets, group)
+    def _commit_blocking(
+        self, offsets: list[TopicPartition], group: object, serial: int | None
+    ) -> None:
+        super()._commit_blocking(offsets, group, serial)
         if not StuckSink.stuck_once:
             StuckSink.stuck_once = True
             time.sleep(12)

@@ -12,7 +12,7 @@ from ingest_worker.core.plan import DeviceRef
 from ingest_worker.core.rejections import Rejection, Source
 from ingest_worker.core.validate import compile_type
 from ingest_worker.worker.decode import RawChange, RawEvent, decode
-from ingest_worker.worker.pipeline import Accepted, created_revision, plan
+from ingest_worker.worker.pipeline import DAY_MS, Accepted, created_revision, plan, stored_day
 from ingest_worker.worker.resolve import Device
 from ingest_worker.worker.revise import (
     Events,
@@ -187,3 +187,27 @@ def test_a_rejection_is_stored_unless_it_has_no_integration_or_is_a_duplicate() 
     assert rejected_revision(duplicate, None, None, 0) is None
     nowhere = Rejection(source, b"{}", EVENT_ID, None, 400, "invalid_request", "no id")
     assert rejected_revision(nowhere, None, None, 0) is None
+
+
+def test_a_replayed_change_is_judged_against_what_came_before_it() -> None:
+    """A change rejected the first time, replayed after a later record of its partition
+    stored a revision (a delete): it is judged against the revisions made before it, so it
+    is rejected again, with the same code, and the later revision is not built upon."""
+    base = _created(offset=1)
+    later_delete = base._replace(revision=2, op="deleted", source=Source("raw", 0, 6))
+    events = Events({base.key: [base, later_delete]})
+    again = revise(_update(5, n="x"), events, TYPES)
+    assert isinstance(again, Rejection)
+    assert again.code == "invalid_attributes"
+    assert events.added == []
+
+
+def test_a_far_off_received_at_is_stored_within_the_days_kept() -> None:
+    """The partition key of a new row stays within yesterday to tomorrow (UTC days), so a
+    gateway's far-off `received-at` never lands in the default partition."""
+    now = 1_764_201_600_000 + 3_600_000  # 2025-11-27 01:00 UTC
+    today = 1_764_201_600_000
+    assert stored_day(now, now) == now
+    assert stored_day(0, now) == today - DAY_MS
+    assert stored_day(10**15, now) == today + 2 * DAY_MS - 1
+    assert stored_day(today - DAY_MS, now) == today - DAY_MS

@@ -54,7 +54,9 @@ CREATE INDEX events_by_time ON events (integration_id, "timestamp", id) WHERE cu
 CREATE TABLE events_default PARTITION OF events DEFAULT;
 
 -- Make the partitions of the days around today and drop those past the retention. Safe to run
--- from any number of workers at once (one at a time, the others wait for it).
+-- from any number of workers at once: one at a time (an advisory lock; a worker that cannot
+-- take it within its lock timeout tries again later). Workers keep new rows within yesterday
+-- to tomorrow, so the default partition only holds rows written while this was behind.
 CREATE FUNCTION ingest_event_partitions(retention_days integer, ahead_days integer DEFAULT 2)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
