@@ -196,11 +196,15 @@ def _report(events: int, rows: list[Row]) -> None:
         "targets: worker >= 60% of the passthrough at 6 partitions; at 48, within 15% of its "
         "own rate at 6 (>= 85%)"
     )
-    print(f"\n{'partitions':>10} {'store off ev/s':>15} {'store on ev/s':>14} {'on/off':>7}")
+    print(
+        f"\n{'partitions':>10} {'store off ev/s':>15} {'store on ev/s':>14} {'on/off':>7} "
+        f"{'CPU µs/ev off':>14} {'on':>5}"
+    )
     for row in rows:
         print(
             f"{row.partitions:>10} {row.stream_only.rate:>15.0f} {row.worker.rate:>14.0f} "
-            f"{row.worker.rate / row.stream_only.rate:>7.0%}"
+            f"{row.worker.rate / row.stream_only.rate:>7.0%} "
+            f"{row.stream_only.cpu_us:>14.1f} {row.worker.cpu_us:>5.1f}"
         )
     print("target: the worker with its event store on >= 80% of the same worker with it off")
     for row in rows:

@@ -272,16 +272,22 @@ class Worker:
             return
         self._committing_offsets = self.offsets.take_pending()
         serial = self.sink.open_transaction()  # the one holding these offsets' outputs
-        commit = self._commit(self.sink, self._committing_offsets, group, serial)
+        writes = self.storing.pending()  # the PostgreSQL transactions of those outputs
+        commit = self._commit(self.sink, self._committing_offsets, group, (serial, writes))
         self._committing = asyncio.ensure_future(commit)
 
     async def _commit(
-        self, sink: Sink, offsets: dict[Partition, int], group: Any, serial: int | None
+        self,
+        sink: Sink,
+        offsets: dict[Partition, int],
+        group: Any,
+        after: tuple[int | None, list[asyncio.Task[pipeline.Decided]]],
     ) -> None:
         """PostgreSQL first (a batch's outputs count only once its rows and devices are
         committed, so a replay finds them), then that Kafka transaction: never another one,
         should a rebalance abort it meanwhile or the sink be replaced."""
-        await self.storing.settled()
+        serial, writes = after
+        await self.storing.settled(writes)
         self._commit_started = time.perf_counter()
         await self._outcome(sink.commit_soon(offsets, group, serial))
 

@@ -102,31 +102,42 @@ Decided = dict[Source, tuple[OutRecord, Verdict]]
 
 @dataclass
 class Storing:
-    """The last batch's store write and commit, left to finish while the loop goes on: the
-    next batch's transaction, and the Kafka commit of this one's outputs, wait for it.
-    `isolate`: a write PostgreSQL refused for its data; until the next Kafka commit, batches
-    run whole again, so the record at fault is found (and rejected alone)."""
+    """The batches' store writes and commits, left to finish while the loop goes on: the
+    Kafka commit of a batch's outputs waits for them, and so does a batch that changes
+    stored events (it must read what earlier batches stored). Others go ahead: PostgreSQL
+    orders what they share (a device or a claim being inserted waits for its commit).
+    `isolate`: a write PostgreSQL refused for its data; until the next Kafka commit,
+    batches run whole again, so the record at fault is found (and rejected alone)."""
 
-    task: asyncio.Task[Decided] | None = None
+    tasks: list[asyncio.Task[Decided]] = field(default_factory=list)
     isolate: bool = False
 
-    async def settled(self) -> None:
-        """Wait for the write in flight; DependencyUnavailable if it failed."""
-        if self.task is None:
-            return
-        try:
-            await asyncio.shield(self.task)
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-            self.isolate = True
-            raise DependencyUnavailable(f"PostgreSQL refused the batch's rows: {exc}") from exc
+    def pending(self) -> list[asyncio.Task[Decided]]:
+        """The writes not known to have succeeded."""
+        self.tasks = [t for t in self.tasks if not _succeeded(t)]
+        return list(self.tasks)
+
+    async def settled(self, tasks: list[asyncio.Task[Decided]] | None = None) -> None:
+        """Wait for these writes (all those in flight by default); DependencyUnavailable if
+        one failed."""
+        for task in self.pending() if tasks is None else tasks:
+            try:
+                await asyncio.shield(task)
+            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+                self.isolate = True
+                raise DependencyUnavailable(f"PostgreSQL refused a batch's rows: {exc}") from exc
 
     async def drop(self) -> None:
-        """Forget the write in flight once it is over (a failure is handled: its batch is
-        put back)."""
-        task, self.task = self.task, None
-        if task is not None:
+        """Forget the writes in flight once they are over (a failure is handled: its batch
+        is put back)."""
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
             with suppress(Exception):
                 await task
+
+
+def _succeeded(task: asyncio.Task[Decided]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
 
 
 async def process(
@@ -139,10 +150,10 @@ async def process(
 ) -> Outcome:
     """Every record of the batch ends as exactly one output record, in input order. With
     `storing`, the batch's transaction ends (its store write and commit) after this returns;
-    the caller commits the outputs only once `storing` is settled."""
+    the caller commits the outputs only once that write is settled (`Storing.pending`)."""
     items = [(r, decode_record(r)) for r in records]
-    if storing is not None:
-        await storing.settled()  # the previous batch's rows, before this batch reads any
+    if storing is not None and (storing.isolate or any(isinstance(d, RawChange) for _, d in items)):
+        await storing.settled()  # earlier batches' rows, before this batch reads any
     if any(not isinstance(d, Rejection) for _, d in items) or policy.store_events:
         decided = await _decide_isolating(pool, catalog, items, topics, policy, storing)
     else:  # nothing to resolve, nothing to store
@@ -233,7 +244,7 @@ async def _run(
     await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
     if not ready.done():
         return await task  # it failed before the outputs were known: raises
-    storing.task = task
+    storing.tasks.append(task)
     return ready.result()
 
 
@@ -304,20 +315,34 @@ async def _decide(
     known, types, verdicts, learned = await _resolve_events(
         conn, catalog, (events, changes, named), policy
     )
-    decided: Decided = {
-        d.source: output(verdicts[d.source] if isinstance(d, RawEvent) else d, topics)
-        for _, d in items
-        if not isinstance(d, RawChange)
-    }
+    now_ms = int(time.time() * 1000)
+    decided, created = _outputs(items, verdicts, topics, now_ms)
     if not policy.store_events:
         for change in changes:
             decided[change.source] = output(_store_disabled(change), topics)
         return decided, learned, []
     topic = changes[0].source.topic if changes else ""
     stored = await store.load(conn, {(c.integration_id, c.event_id) for c in changes}, topic)
-    now_ms = int(time.time() * 1000)
-    rows = _revisions(items, decided, Events(stored), types, (topics, now_ms))
+    rows = _revisions(items, (decided, created, now_ms), Events(stored), types, topics)
     return decided, learned, [r for r in rows if r.integration_id in known]
+
+
+def _outputs(
+    items: list[Item], verdicts: Mapping[Source, Verdict], topics: Topics, now_ms: int
+) -> tuple[Decided, dict[Source, Revision]]:
+    """The output of every record but the changes, and revision 1 of each accepted event
+    (built once: its record is encoded from it, and it is what is stored)."""
+    decided: Decided = {}
+    created: dict[Source, Revision] = {}
+    for record, item in items:
+        if isinstance(item, RawChange):
+            continue
+        verdict = verdicts[item.source] if isinstance(item, RawEvent) else item
+        revision = None
+        if isinstance(verdict, Accepted):
+            revision = created[item.source] = created_revision(verdict, record.key, now_ms)
+        decided[item.source] = output(verdict, topics, revision)
+    return decided, created
 
 
 async def _resolve_events(
@@ -349,16 +374,15 @@ async def _resolve_events(
 
 def _revisions(
     items: list[Item],
-    decided: Decided,
+    outputs: tuple[Decided, Mapping[Source, Revision], int],
     events: Events,
     types: Mapping[TypeKey, EventType],
-    rules: tuple[Topics, int],
+    topics: Topics,
 ) -> list[Revision]:
     """In input order: each event's revision 1 (or 0, rejected), and each change applied to
     the event as the batch has left it so far (its output decided here: a change that
-    would not fit its topic changes nothing). `rules`: the output topics, and the store's
-    day window (`stored_day`) as of now."""
-    topics, now_ms = rules
+    would not fit its topic changes nothing)."""
+    decided, created, now_ms = outputs
     rows: list[Revision] = []
     for record, item in items:
         if isinstance(item, RawChange):
@@ -366,23 +390,19 @@ def _revisions(
             if isinstance(out[1], Revised) and not out[1].replayed:
                 events.add(out[1].revision)
             continue
-        row = _stored(record, item, decided[item.source][1])
-        if row is None:
-            continue
-        rows.append(row := row._replace(received_at_ms=stored_day(row.received_at_ms, now_ms)))
-        if row.op == "created":
-            events.created(row)
+        final = decided[item.source][1]
+        if isinstance(final, Accepted):
+            rows.append(created[item.source])
+            events.created(created[item.source])
+        elif isinstance(final, Rejection) and not _is_change(record):
+            event = item if isinstance(item, RawEvent) else None
+            row = rejected_revision(final, event, record.key, _received_ms(record))
+            rows += [] if row is None else [_within_days(row, now_ms)]
     return rows + events.added
 
 
-def _stored(record: InRecord, item: RawEvent | Rejection, final: Verdict) -> Revision | None:
-    """The row of an event's fate; none for a change refused before it named its event."""
-    if isinstance(final, Accepted):
-        return created_revision(final, record.key)
-    if isinstance(final, Rejection) and not _is_change(record):
-        event = item if isinstance(item, RawEvent) else None
-        return rejected_revision(final, event, record.key, _received_ms(record))
-    return None
+def _within_days(row: Revision, now_ms: int) -> Revision:
+    return row._replace(received_at_ms=stored_day(row.received_at_ms, now_ms))
 
 
 def _is_change(record: InRecord) -> bool:
@@ -555,13 +575,15 @@ def _reject(event: RawEvent, status: int, code: str, message: str) -> Rejection:
     )
 
 
-def output(verdict: Verdict, topics: Topics) -> tuple[OutRecord, Verdict]:
+def output(
+    verdict: Verdict, topics: Topics, revision: Revision | None = None
+) -> tuple[OutRecord, Verdict]:
     """The one output record of a verdict, within its topic's size limit: an accepted event
     (or change) that cannot be encoded, or would not fit, becomes a rejection (which always
     fits)."""
     if not isinstance(verdict, Rejection):
         try:
-            record = _accepted_record(verdict, topics)
+            record = _accepted_record(verdict, topics, revision)
         except BaseException as exc:
             if not is_recoverable(exc):
                 raise
@@ -596,9 +618,11 @@ def _rejected_record(rejection: Rejection, topics: Topics) -> OutRecord:
     return OutRecord(topics.rejected, key, encode.rejected_value(rejection, room), headers)
 
 
-def _accepted_record(verdict: Accepted | Revised, topics: Topics) -> OutRecord:
+def _accepted_record(
+    verdict: Accepted | Revised, topics: Topics, revision: Revision | None
+) -> OutRecord:
     if isinstance(verdict, Accepted):
-        revision, trace = created_revision(verdict), verdict.event.traceparent
+        revision, trace = revision or created_revision(verdict), verdict.event.traceparent
         created = verdict.device.created_by_event == verdict.event.event_id
     else:
         revision, trace, created = verdict.revision, verdict.change.traceparent, False
@@ -619,30 +643,37 @@ def accepted_fields(verdict: Accepted) -> dict[str, Any]:
     return avro_fields(created_revision(verdict), device_created=created)
 
 
-def created_revision(verdict: Accepted, raw_key: bytes | None = None) -> Revision:
-    """Revision 1 of an accepted event: what is stored, and what its changelog record says."""
+def created_revision(
+    verdict: Accepted, raw_key: bytes | None = None, now_ms: int | None = None
+) -> Revision:
+    """Revision 1 of an accepted event: what is stored (`now_ms` keeps its partition key
+    within the days kept, `stored_day`), and what its changelog record says."""
     event, body, event_type = verdict.event, verdict.event.body, verdict.event_type
-    return Revision(
-        event.integration_id,
-        event.event_id,
-        1,
-        event.received_at_ms,
-        "created",
-        event.event_type_id,
-        event_type.version,
-        verdict.device.id,
-        verdict.device.external_id,
-        verdict.ref.method,
-        event.timestamp_us,
-        int(body.get("duration", event_type.duration_ms)),
-        int(body.get("buffer", event_type.buffer_ms)),
-        orjson.dumps(body["attributes"]).decode(),
-        event.received_at_ms,
-        event.idempotency_key,
-        event.traceparent,
-        raw_key,
-        event.source,
-        None,
+    received = event.received_at_ms
+    return Revision._make(  # _make: tuple's own constructor, a third of the cost here
+        (
+            event.integration_id,
+            event.event_id,
+            1,
+            received if now_ms is None else stored_day(received, now_ms),
+            "created",
+            event.event_type_id,
+            event_type.version,
+            verdict.device.id,
+            verdict.device.external_id,
+            verdict.ref.method,
+            event.timestamp_us,
+            int(body.get("duration", event_type.duration_ms)),
+            int(body.get("buffer", event_type.buffer_ms)),
+            orjson.dumps(body["attributes"]).decode(),
+            event.received_at_ms,
+            event.idempotency_key,
+            event.traceparent,
+            raw_key,
+            event.source,
+            None,
+            None,
+        )
     )
 
 

@@ -137,7 +137,7 @@ async def _supersede(conn: Conn, newest: Mapping[EventKey, tuple[int, int]]) -> 
 
 def _row(rev: Revision, newest: Mapping[EventKey, tuple[int, int]]) -> tuple[Any, ...]:
     """One row of `events_in`: `current` for the newest accepted revision of its event."""
-    latest = newest.get(rev.key, (0, rev.revision))[1] == rev.revision
+    latest = newest.get((rev.integration_id, rev.event_id), (0, rev.revision))[1] == rev.revision
     current = latest and rev.op in ("created", "updated")
     return (*rev[:5], current, *rev[5:18], rev.source.partition, rev.source.offset, *rev[19:])
 
