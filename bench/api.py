@@ -4,7 +4,9 @@
 
 Starts Kafka and PostgreSQL (or uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL), one
 `ingest-worker api` process, and a baseline process: the same uvicorn server answering a bare
-202. wrk drives each with the same request, connections and duration; both figures print.
+202. wrk drives each with the same request, connections and duration. The API runs four
+times, with INGEST_API_VALIDATION async, sync, sync, async (a fresh process each), so the
+synchronous checks are compared with the thin shim in the same run.
 """
 
 from __future__ import annotations
@@ -40,14 +42,21 @@ def main() -> None:
         bootstrap, database_url = found.kafka_bootstrap_servers, found.database_url
         asyncio.run(migrate(database_url, lock_timeout_s=30))
         asyncio.run(ensure_topics(bootstrap, settings))
-        results = [
-            ("baseline: bare 202", _run_baseline(args)),
-            ("ingest (acks=all)", _run_api(args, bootstrap, database_url)),
-        ]
+        results = [("baseline: bare 202", _run_baseline(args))]
+        for mode in [args.validation] if args.validation else ["async", "sync", "sync", "async"]:
+            args.mode = mode
+            results.append((f"ingest, {mode} checks", _run_api(args, bootstrap, database_url)))
     print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, one server process, this machine")
     print(f"{'server':<22} {'requests/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
     for name, (rps, p50, p99, errors) in results:
         print(f"{name:<22} {rps:>12.0f} {p50:>8.2f} {p99:>8.2f} {errors:>8}")
+    rates = {
+        mode: [r[0] for name, r in results if name == f"ingest, {mode} checks"]
+        for mode in ("sync", "async")
+    }
+    if rates["sync"] and rates["async"]:
+        ratio = sum(rates["sync"]) / sum(rates["async"])
+        print(f"sync checks at {ratio:.0%} of async (target >= 85%); runs alternate a, s, s, a")
 
 
 def _args() -> argparse.Namespace:
@@ -55,7 +64,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument(
-        "--validation", choices=["sync", "async"], help="INGEST_API_VALIDATION (default: env)"
+        "--validation",
+        choices=["sync", "async"],
+        help="INGEST_API_VALIDATION of the one run (default: both, alternating)",
     )
     return parser.parse_args()
 
@@ -86,8 +97,7 @@ def _run_api(
         "INGEST_API_PORT": str(port),
         "INGEST_RATE_LIMIT_PER_S": "0",
     }
-    if args.validation:
-        env["INGEST_API_VALIDATION"] = args.validation
+    env["INGEST_API_VALIDATION"] = args.mode
     server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
     try:
         url = f"http://127.0.0.1:{port}"
