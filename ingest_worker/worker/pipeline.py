@@ -236,7 +236,7 @@ async def _run(
 ) -> Decided:
     """The batch transaction, whole; or, with `storing`, until its outputs are known: its
     store write and commit then go on in `storing` (PostgreSQL works on them while the worker
-    polls and decodes the next batch)."""
+    polls, decodes and resolves the next batch)."""
     if storing is None or storing.isolate:
         return await _transaction(pool, catalog, items, topics, policy, None)
     ready: asyncio.Future[Decided] = asyncio.get_running_loop().create_future()
