@@ -32,16 +32,17 @@ DEVICES = 1000
 DAYS = 10
 
 _FILL = """
-    INSERT INTO events (integration_id, id, revision, received_at, op, current, event_type_id,
-        event_type_version, device_id, device_resolution, "timestamp", duration_ms, buffer_ms,
-        attributes, revision_received_at, raw_key, source_partition, source_offset)
+    INSERT INTO events (integration_id, id, revision, received_at_ms, op, current,
+        event_type_id, event_type_version, device_id, device_resolution, timestamp_us,
+        duration_ms, buffer_ms, attributes, revision_received_at_ms, raw_key,
+        source_partition, source_offset, created_ms)
     SELECT %(i)s, gen_random_uuid(), 1, r.at, 'created', true, %(t)s, 1,
-           (%(devices)s::int[])[1 + g %% %(n)s], 'direct',
-           r.at - interval '5 seconds', 0, 0,
+           (%(devices)s::int[])[1 + g %% %(n)s], 'direct', (r.at - 5000) * 1000, 0, 0,
            json_build_object('store', 'S' || (g %% 97), 'lane', g %% 20, 'total', g)::text::json,
-           r.at, '\\x00', g %% 6, g
+           r.at, '\\x00', g %% 6, g, r.at
     FROM generate_series(1, %(count)s) AS g,
-         LATERAL (SELECT now() - (g::float / %(count)s) * %(days)s * interval '1 day' AS at) r
+         LATERAL (SELECT (extract(epoch FROM now()) * 1000)::bigint
+                         - (g::bigint * %(days)s * 86400000 / %(count)s) AS at) r
 """
 
 

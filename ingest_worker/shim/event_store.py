@@ -5,7 +5,10 @@ The list is keyset-paged on (timestamp, id). One device is a plain ordered scan 
 index (`events_by_device`); several (or the devices of some cameras) are merged from one
 such scan each (a lateral join), so a page never sorts more than `limit + 1` rows per key;
 without a device filter, `events_by_time` is scanned in order (an event type filter reads
-it too: one index fewer on every insert). Query
+it too: one index fewer on every insert). Times are stored as epoch integers
+(`timestamp_us`: microseconds; `created_ms`, `updated_ms`: milliseconds): the time filters
+and the cursor's position are bound as microseconds against the bare `timestamp_us` (no
+expression on it, so those indexes still serve), and rows are printed in RFC 3339 here. Query
 building and row shaping are pure; the two `async` functions only run them.
 """
 
@@ -35,11 +38,12 @@ Direction = Literal["next", "prev"]
 Query = tuple[str, list[Any]]
 
 COLUMNS = (
-    'id, integration_id, event_type_id, device_id, "timestamp", duration_ms, buffer_ms, '
-    "attributes::text AS attributes, created, updated"
+    "id, integration_id, event_type_id, device_id, timestamp_us, duration_ms, buffer_ms, "
+    "attributes::text AS attributes, created_ms, updated_ms"
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_MILLISECOND = timedelta(milliseconds=1)
 # Epoch microseconds of the times a cursor may hold (those of Python's years 1..9999).
 _CURSOR_US = range(
     (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MICROSECOND,
@@ -66,9 +70,10 @@ class EventFilter:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """Where a page starts: after (`next`) or before (`prev`) this (timestamp, id)."""
+    """Where a page starts: after (`next`) or before (`prev`) this (timestamp, id), the
+    timestamp in epoch microseconds, as stored."""
 
-    timestamp: datetime
+    timestamp_us: int
     event_id: uuid.UUID
     direction: Direction
 
@@ -95,10 +100,14 @@ def parse_time(name: str, text: str | None) -> datetime | None:
     raise invalid([FieldError(name, message, text[:100])])
 
 
+def epoch_us(moment: datetime) -> int:
+    """An aware time in epoch microseconds, as `timestamp_us` holds it."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
 def encode_cursor(row: Row, direction: Direction) -> str:
     """The cursor of the page after (or before) a row: its epoch microseconds and id."""
-    micros = (row["timestamp"] - _EPOCH) // _MICROSECOND
-    return encode_position({"t": micros, "id": str(row["id"]), "d": direction})
+    return encode_position({"t": row["timestamp_us"], "id": str(row["id"]), "d": direction})
 
 
 def decode_cursor(cursor: str | None) -> Position | None:
@@ -115,7 +124,7 @@ def decode_cursor(cursor: str | None) -> Position | None:
         parsed = uuid.UUID(event_id)
     except (TypeError, ValueError, AttributeError) as exc:
         raise bad_cursor() from exc
-    return Position(_EPOCH + micros * _MICROSECOND, parsed, direction)
+    return Position(micros, parsed, direction)
 
 
 # --- queries ----------------------------------------------------------------------------------
@@ -126,7 +135,7 @@ def list_query(found: EventFilter, position: Position | None, fetch: int) -> Que
     `position`, in its direction's order (`prev`: descending)."""
     direction = position.direction if position is not None else "next"
     where, params = _conditions(found, position)
-    order = '"timestamp", id' if direction == "next" else '"timestamp" DESC, id DESC'
+    order = "timestamp_us, id" if direction == "next" else "timestamp_us DESC, id DESC"
     keys = _keys(found)
     if keys is None:
         query = f"SELECT {COLUMNS} FROM events WHERE {where} ORDER BY {order} LIMIT %s"
@@ -161,15 +170,16 @@ def _equalities(found: EventFilter) -> list[tuple[str, list[Any]]]:
 
 
 def _bounds(found: EventFilter, position: Position | None) -> list[tuple[str, list[Any]]]:
-    """The time range and the page's start."""
+    """The time range and the page's start, in epoch microseconds on the bare column."""
     bounds: list[tuple[str, list[Any]]] = []
     if found.start is not None:
-        bounds.append(('"timestamp" >= %s', [found.start]))
+        bounds.append(("timestamp_us >= %s", [epoch_us(found.start)]))
     if found.end is not None:
-        bounds.append(('"timestamp" < %s', [found.end]))
+        bounds.append(("timestamp_us < %s", [epoch_us(found.end)]))
     if position is not None:
         op = ">" if position.direction == "next" else "<"
-        bounds.append((f'("timestamp", id) {op} (%s, %s)', [position.timestamp, position.event_id]))
+        params = [position.timestamp_us, position.event_id]
+        bounds.append((f"(timestamp_us, id) {op} (%s, %s)", params))
     return bounds
 
 
@@ -210,17 +220,18 @@ def item(row: Row) -> dict[str, Any]:
         "integration_id": row["integration_id"],
         "integration_event_type_id": row["event_type_id"],
         "integration_device_id": row["device_id"],
-        "timestamp": _time(row["timestamp"]),
+        "timestamp": _time(row["timestamp_us"], _MICROSECOND),
         "duration": row["duration_ms"],
         "buffer": row["buffer_ms"],
         "attributes": None if attributes is None else orjson.Fragment(attributes),
-        "created": _time(row["created"]),
-        "updated": _time(row["updated"]),
+        "created": _time(row["created_ms"], _MILLISECOND),
+        "updated": _time(row["updated_ms"], _MILLISECOND),
     }
 
 
-def _time(moment: datetime | None) -> str | None:
-    return None if moment is None else iso(moment)
+def _time(epoch: int | None, unit: timedelta) -> str | None:
+    """An epoch integer (in `unit`s) as the API prints times (`iso`: UTC, milliseconds)."""
+    return None if epoch is None else iso(_EPOCH + epoch * unit)
 
 
 def fate(row: Row | None) -> dict[str, Any] | None:
@@ -259,7 +270,7 @@ def turned(rows: list[Row], position: Position) -> Position:
     """Looking back from the first row fetched (the one nearest the cursor): whether rows
     exist on the page's other side."""
     back: Direction = "prev" if position.direction == "next" else "next"
-    return Position(rows[0]["timestamp"], rows[0]["id"], back)
+    return Position(rows[0]["timestamp_us"], rows[0]["id"], back)
 
 
 # --- running them -----------------------------------------------------------------------------

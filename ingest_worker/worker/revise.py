@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, NamedTuple
 
 import orjson
@@ -47,7 +46,7 @@ class Revision(NamedTuple):
     raw_key: bytes | None
     source: Source
     error_json: str | None
-    created: datetime | None = None  # None: stored now
+    created_ms: int | None = None  # None: stored now
 
     @property
     def key(self) -> EventKey:

@@ -24,7 +24,10 @@ from tests.integration.apiserver import RunningApi, running_api
 from tests.integration.kafka_read import header, read_topic
 
 T0 = datetime(2024, 6, 1, 10, 0, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _OFFSETS = itertools.count()
+# Epoch milliseconds of now, as the worker writes `received_at_ms` and `created_ms`.
+_NOW_MS = "(extract(epoch FROM now()) * 1000)::bigint"
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,22 @@ class Stored:
     error: dict[str, Any] | None = None
 
 
+def _epoch_us(moment: datetime | None) -> int | None:
+    """A time as `timestamp_us` stores it: epoch microseconds."""
+    return None if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+
+
 async def store(database_url: str, *rows: Stored) -> list[str]:
     """Insert revisions into `events` (a fresh event id where none is given); their ids."""
     ids = [row.event_id or str(uuid.uuid4()) for row in rows]
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         for event_id, row in zip(ids, rows, strict=True):
             await conn.execute(
-                "INSERT INTO events (integration_id, id, revision, received_at, op, current, "
-                "event_type_id, device_id, timestamp, duration_ms, buffer_ms, attributes, "
-                "revision_received_at, raw_key, source_partition, source_offset, error) "
-                "VALUES (%s, %s, %s, now(), %s, %s, %s, %s, %s, 5000, 1000, %s, now(), %s, 0, %s, "
-                "%s)",
+                "INSERT INTO events (integration_id, id, revision, received_at_ms, op, current, "
+                "event_type_id, device_id, timestamp_us, duration_ms, buffer_ms, attributes, "
+                "revision_received_at_ms, raw_key, source_partition, source_offset, error, "
+                f"created_ms) VALUES (%s, %s, %s, {_NOW_MS}, %s, %s, %s, %s, %s, 5000, 1000, %s, "
+                f"{_NOW_MS}, %s, 0, %s, %s, {_NOW_MS})",
                 (
                     row.integration_id,
                     event_id,
@@ -63,7 +71,7 @@ async def store(database_url: str, *rows: Stored) -> list[str]:
                     row.current,
                     row.type_id,
                     row.device_id,
-                    row.timestamp,
+                    _epoch_us(row.timestamp),
                     row.attributes,
                     row.raw_key,
                     next(_OFFSETS),

@@ -113,7 +113,7 @@ def rows(database_url: str, integration_id: int) -> list[dict[str, Any]]:
     ):
         cur.execute(
             "SELECT id::text, revision, op, current, attributes, error, device_id, "
-            'event_type_id, "timestamp", duration_ms, received_at, raw_key '
+            "event_type_id, timestamp_us, duration_ms, received_at_ms, raw_key "
             "FROM events WHERE integration_id = %s ORDER BY id, revision",
             (integration_id,),
         )
@@ -335,11 +335,12 @@ async def test_retention_drops_whole_days_and_keeps_the_rest(database_url: str) 
 
 
 async def _insert_row(conn: psycopg.AsyncConnection[Any], received_at: datetime) -> None:
+    at_ms = int(received_at.timestamp() * 1000)
     await conn.execute(
-        "INSERT INTO events (integration_id, id, revision, received_at, op, current, "
-        "revision_received_at, source_partition, source_offset) "
-        "VALUES (1, %s, 1, %s, 'created', true, %s, 0, 0)",
-        (uuid.uuid4(), received_at, received_at),
+        "INSERT INTO events (integration_id, id, revision, received_at_ms, op, current, "
+        "revision_received_at_ms, source_partition, source_offset, created_ms) "
+        "VALUES (1, %s, 1, %s, 'created', true, %s, 0, 0, %s)",
+        (uuid.uuid4(), at_ms, at_ms, at_ms),
     )
 
 

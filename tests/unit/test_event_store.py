@@ -17,6 +17,8 @@ from ingest_worker.shim.problems import Problem
 from ingest_worker.shim.store import Page
 
 T0 = datetime(2024, 6, 1, 10, 0, tzinfo=UTC)
+T0_US = 1_717_236_000_000_000  # T0 in epoch microseconds, as `timestamp_us` holds it
+T0_MS = T0_US // 1000
 
 
 def _row(n: int, **fields: Any) -> dict[str, Any]:
@@ -25,12 +27,12 @@ def _row(n: int, **fields: Any) -> dict[str, Any]:
         "integration_id": 1,
         "event_type_id": 2,
         "device_id": 3,
-        "timestamp": T0 + timedelta(seconds=n),
+        "timestamp_us": T0_US + n * 1_000_000,
         "duration_ms": 5000,
         "buffer_ms": 1000,
         "attributes": '{"b": 1, "a": 1.50}',
-        "created": T0,
-        "updated": T0,
+        "created_ms": T0_MS,
+        "updated_ms": T0_MS,
     }
     row.update(fields)
     return row
@@ -77,11 +79,20 @@ def test_time_filters_refuse_anything_else(text: str) -> None:
     assert [d.field for d in caught.value.details] == ["end"]
 
 
+def test_epoch_us_is_exact_on_both_sides_of_the_epoch() -> None:
+    """Filter times become epoch microseconds exactly, whatever their offset, before 1970
+    too (floored, as the stored `timestamp_us` is)."""
+    assert event_store.epoch_us(T0) == T0_US
+    assert event_store.epoch_us(T0.astimezone(timezone(timedelta(hours=-7)))) == T0_US
+    before = datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    assert event_store.epoch_us(before) == -1
+
+
 def test_cursor_round_trips_timestamp_and_id_exactly() -> None:
     """A cursor names its row's timestamp to the microsecond, its id and the direction."""
-    row = _row(7, timestamp=datetime(2024, 6, 1, 10, 0, 0, 123456, tzinfo=UTC))
+    row = _row(7, timestamp_us=T0_US + 123456)
     position = event_store.decode_cursor(event_store.encode_cursor(row, "prev"))
-    assert position == Position(row["timestamp"], row["id"], "prev")
+    assert position == Position(row["timestamp_us"], row["id"], "prev")
 
 
 @pytest.mark.parametrize(
@@ -116,7 +127,7 @@ def test_one_device_is_one_ordered_scan() -> None:
     assert "LATERAL" not in query
     assert "device_id = %s" in query
     assert "event_type_id = %s" in query
-    assert query.endswith('ORDER BY "timestamp", id LIMIT %s')
+    assert query.endswith("ORDER BY timestamp_us, id LIMIT %s")
     assert params == [1, 3, 2, 51]
 
 
@@ -149,13 +160,13 @@ def test_cameras_and_devices_both_narrow_the_devices() -> None:
 
 def test_time_range_and_position_bound_the_scan() -> None:
     """`start` inclusive, `end` exclusive, and the cursor as a row comparison on (timestamp,
-    id), descending for `prev`."""
+    id), descending for `prev`: all in epoch microseconds on the bare column."""
     end = T0 + timedelta(days=1)
-    position = Position(T0, uuid.UUID(int=1), "prev")
+    position = Position(T0_US, uuid.UUID(int=1), "prev")
     query, params = _query(EventFilter(1, start=T0, end=end), position)
-    assert '"timestamp" >= %s AND "timestamp" < %s AND ("timestamp", id) < (%s, %s)' in query
-    assert query.endswith('ORDER BY "timestamp" DESC, id DESC LIMIT %s')
-    assert params == [1, T0, end, T0, uuid.UUID(int=1), 51]
+    assert "timestamp_us >= %s AND timestamp_us < %s AND (timestamp_us, id) < (%s, %s)" in query
+    assert query.endswith("ORDER BY timestamp_us DESC, id DESC LIMIT %s")
+    assert params == [1, T0_US, T0_US + 86_400_000_000, T0_US, uuid.UUID(int=1), 51]
 
 
 def test_page_cursors_forward_and_back() -> None:
@@ -166,12 +177,12 @@ def test_page_cursors_forward_and_back() -> None:
     assert [i["id"] for i in first.items] == [str(uuid.UUID(int=n)) for n in range(3)]
     assert first.prev is None
     assert event_store.decode_cursor(first.next) == Position(
-        rows[2]["timestamp"], rows[2]["id"], "next"
+        rows[2]["timestamp_us"], rows[2]["id"], "next"
     )
-    back = event_store.page(rows[::-1], 3, Position(T0, uuid.UUID(int=9), "prev"), beyond=True)
+    back = event_store.page(rows[::-1], 3, Position(T0_US, uuid.UUID(int=9), "prev"), beyond=True)
     assert [i["id"] for i in back.items] == [str(uuid.UUID(int=n)) for n in (1, 2, 3)]
     assert event_store.decode_cursor(back.prev) == Position(
-        rows[1]["timestamp"], rows[1]["id"], "prev"
+        rows[1]["timestamp_us"], rows[1]["id"], "prev"
     )
     assert back.next is not None
     assert event_store.page([], 3, None, beyond=True) == Page([], None, None)
@@ -181,18 +192,24 @@ def test_turned_looks_back_from_the_row_nearest_the_cursor() -> None:
     """Whether a page has rows on its other side is asked from its first fetched row, the
     other way."""
     rows = [_row(5), _row(6)]
-    turned = event_store.turned(rows, Position(T0, uuid.UUID(int=1), "next"))
-    assert turned == Position(rows[0]["timestamp"], rows[0]["id"], "prev")
+    turned = event_store.turned(rows, Position(T0_US, uuid.UUID(int=1), "next"))
+    assert turned == Position(rows[0]["timestamp_us"], rows[0]["id"], "prev")
 
 
 def test_item_embeds_attributes_as_stored_and_prints_times_in_utc() -> None:
-    """Attributes are embedded byte for byte (no re-parse); times are RFC 3339 UTC, ms."""
+    """Attributes are embedded byte for byte (no re-parse); times (stored as epoch
+    microseconds or milliseconds) are RFC 3339 UTC, ms, cut as a timestamptz's were."""
     stamp = datetime(2024, 6, 1, 12, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
-    item = event_store.item(_row(1, timestamp=stamp))
+    item = event_store.item(_row(1, timestamp_us=event_store.epoch_us(stamp)))
     text = orjson.dumps(item)
     assert b'"attributes":{"b": 1, "a": 1.50}' in text
     assert item["timestamp"] == "2024-06-01T10:00:00.123Z"
-    assert event_store.item(_row(1, attributes=None, timestamp=None))["attributes"] is None
+    assert (item["created"], item["updated"]) == ("2024-06-01T10:00:00.000Z",) * 2
+    before = event_store.item(_row(1, timestamp_us=-1, created_ms=-1, updated_ms=1))
+    assert before["timestamp"] == before["created"] == "1969-12-31T23:59:59.999Z"
+    assert before["updated"] == "1970-01-01T00:00:00.001Z"
+    empty = event_store.item(_row(1, attributes=None, timestamp_us=None))
+    assert (empty["attributes"], empty["timestamp"]) == (None, None)
 
 
 def test_fate_by_latest_revision() -> None:

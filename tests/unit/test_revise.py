@@ -169,9 +169,9 @@ def test_only_the_newest_accepted_revision_is_current() -> None:
     rows = [base, second]
     newest = superseded(rows)
     assert newest == {base.key: (base.received_at_ms, 2)}
-    assert [_row(r, newest)[5] for r in rows] == [False, True]
+    assert [_row(r, newest, 0)[5] for r in rows] == [False, True]
     gone = second._replace(revision=3, op="deleted")
-    assert _row(gone, superseded([gone]))[5] is False
+    assert _row(gone, superseded([gone]), 0)[5] is False
 
 
 def test_a_rejection_is_stored_unless_it_has_no_integration_or_is_a_duplicate() -> None:
