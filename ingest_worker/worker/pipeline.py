@@ -334,13 +334,14 @@ def _outputs(
     (built once: its record is encoded from it, and it is what is stored)."""
     decided: Decided = {}
     created: dict[Source, Revision] = {}
+    days = days_kept(now_ms)
     for record, item in items:
         if isinstance(item, RawChange):
             continue
         verdict = verdicts[item.source] if isinstance(item, RawEvent) else item
         revision = None
         if isinstance(verdict, Accepted):
-            revision = created[item.source] = created_revision(verdict, record.key, now_ms)
+            revision = created[item.source] = created_revision(verdict, record.key, days)
         decided[item.source] = output(verdict, topics, revision)
     return decided, created
 
@@ -383,6 +384,7 @@ def _revisions(
     the event as the batch has left it so far (its output decided here: a change that
     would not fit its topic changes nothing)."""
     decided, created, now_ms = outputs
+    changed = any(isinstance(item, RawChange) for _, item in items)
     rows: list[Revision] = []
     for record, item in items:
         if isinstance(item, RawChange):
@@ -393,7 +395,8 @@ def _revisions(
         final = decided[item.source][1]
         if isinstance(final, Accepted):
             rows.append(created[item.source])
-            events.created(created[item.source])
+            if events.stored or changed:  # only changes read what the batch created
+                events.created(created[item.source])
         elif isinstance(final, Rejection) and not _is_change(record):
             event = item if isinstance(item, RawEvent) else None
             row = rejected_revision(final, event, record.key, _received_ms(record))
@@ -428,8 +431,14 @@ def stored_day(received_at_ms: int, now_ms: int) -> int:
     """The partition key of a new stored event: when it was received, kept within the days
     that always have a partition (yesterday to tomorrow), so a far-off `received-at` from a
     gateway never fills the default partition; stored events are kept from then on."""
+    first, last = days_kept(now_ms)
+    return min(max(received_at_ms, first), last)
+
+
+def days_kept(now_ms: int) -> tuple[int, int]:
+    """The first and last millisecond a new row's partition key may take (`stored_day`)."""
     today = now_ms - now_ms % DAY_MS
-    return min(max(received_at_ms, today - DAY_MS), today + 2 * DAY_MS - 1)
+    return today - DAY_MS, today + 2 * DAY_MS - 1
 
 
 def _received_ms(record: InRecord) -> int:
@@ -644,10 +653,10 @@ def accepted_fields(verdict: Accepted) -> dict[str, Any]:
 
 
 def created_revision(
-    verdict: Accepted, raw_key: bytes | None = None, now_ms: int | None = None
+    verdict: Accepted, raw_key: bytes | None = None, days: tuple[int, int] | None = None
 ) -> Revision:
-    """Revision 1 of an accepted event: what is stored (`now_ms` keeps its partition key
-    within the days kept, `stored_day`), and what its changelog record says."""
+    """Revision 1 of an accepted event: what is stored (`days` keeps its partition key
+    within the days kept, `days_kept`), and what its changelog record says."""
     event, body, event_type = verdict.event, verdict.event.body, verdict.event_type
     received = event.received_at_ms
     return Revision._make(  # _make: tuple's own constructor, a third of the cost here
@@ -655,7 +664,7 @@ def created_revision(
             event.integration_id,
             event.event_id,
             1,
-            received if now_ms is None else stored_day(received, now_ms),
+            received if days is None else min(max(received, days[0]), days[1]),
             "created",
             event.event_type_id,
             event_type.version,
