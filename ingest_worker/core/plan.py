@@ -41,6 +41,7 @@ UNKNOWN_EVENT_TYPE = Refusal(404, "unknown_event_type", "no such event type in t
 DEVICE_NOT_FOUND = Refusal(404, "device_not_found", "no such device in this integration")
 DEVICE_UNRESOLVABLE = Refusal(400, "device_unresolvable", "no device id, external id or template")
 INVALID_ATTRIBUTES = "the attributes do not match the event type's schema"
+INVALID_UPDATE = "the updated attributes do not match the event type's schema"
 
 
 def plan(
@@ -76,3 +77,15 @@ def device_in_integration(owner: int | None, integration_id: int) -> Refusal | N
     """A direct device id must name a device of the event's integration; `owner` is the
     integration of the device with that id (None: no device has it)."""
     return None if owner == integration_id else DEVICE_NOT_FOUND
+
+
+def update_refusal(
+    merged: Mapping[str, Any], size_bytes: int, event_type: EventType | None
+) -> Refusal | None:
+    """Why an update cannot apply, or None: the event type it names (None: the integration
+    has none of that id), and its attributes merged over the stored ones (`size_bytes` of
+    JSON) against that type's schema."""
+    if event_type is None:
+        return UNKNOWN_EVENT_TYPE
+    errors = check_attributes(event_type, merged, size_bytes)
+    return Refusal(400, "invalid_attributes", INVALID_UPDATE, errors) if errors.errors else None

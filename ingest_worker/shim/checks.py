@@ -12,12 +12,19 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.types import Message, Receive, Scope, Send
 
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.metrics import ApiMetrics
-from ingest_worker.core.plan import DeviceRef, Refusal, device_in_integration, plan
+from ingest_worker.core.plan import (
+    DeviceRef,
+    Refusal,
+    device_in_integration,
+    plan,
+    update_refusal,
+)
 from ingest_worker.core.shape import FieldError
 from ingest_worker.shim.catalog import Catalog, Owner, Types
 from ingest_worker.shim.problems import Problem, not_found
@@ -60,6 +67,26 @@ async def refusal(
     if owner is None:
         owner = (await catalog.load_owners([planned.device_id]))[planned.device_id]
     return device_in_integration(owner.integration_id, integration_id)
+
+
+async def check_update_now(
+    catalog: Catalog, metrics: ApiMetrics, integration_id: int, update: Event, stored: str
+) -> None:
+    """Raise the Problem of an update that cannot apply to the stored attributes (`stored`,
+    JSON text): an unknown event type, or merged attributes against its schema. Returns if
+    it passes or cannot be checked now (the worker decides)."""
+    try:
+        types = await _types(catalog, integration_id, catalog.clock())
+    except DependencyUnavailable:
+        metrics.unchecked.inc()
+        return
+    merged = {**orjson.loads(stored or "{}"), **update["attributes"]}
+    event_type = types.by_id.get(int(update["integration_event_type_id"]))
+    found = update_refusal(merged, len(orjson.dumps(merged)), event_type)
+    if found is not None:
+        metrics.invalid.inc()
+        metrics.refused.labels(found.code).inc()
+        raise Problem(found.status, found.code, found.message, errors(found, update))
 
 
 async def check_items(

@@ -18,7 +18,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -204,8 +204,9 @@ FATE_QUERY = (
     f"SELECT {COLUMNS}, op, error FROM events WHERE integration_id = %s AND id = %s "
     "ORDER BY revision DESC LIMIT 1"
 )
-RAW_KEY_QUERY = (
-    "SELECT raw_key FROM events WHERE integration_id = %s AND id = %s AND current LIMIT 1"
+TARGET_QUERY = (
+    "SELECT raw_key, attributes::text AS attributes FROM events "
+    "WHERE integration_id = %s AND id = %s AND current LIMIT 1"
 )
 
 
@@ -291,14 +292,21 @@ async def latest(conn: Conn, integration_id: int, event_id: uuid.UUID) -> Row | 
     return await (await conn.execute(FATE_QUERY, (integration_id, event_id))).fetchone()
 
 
-async def raw_key(conn: Conn, integration_id: int, event_id: uuid.UUID) -> bytes | None:
-    """The raw key of a listable event (accepted, not deleted): its changes are published
-    under it; None when there is no such event."""
-    row = await (await conn.execute(RAW_KEY_QUERY, (integration_id, event_id))).fetchone()
+class Target(NamedTuple):
+    """A listable event a change names: the raw key its changes are published under, and
+    its stored attributes (JSON text)."""
+
+    raw_key: bytes
+    attributes: str
+
+
+async def change_target(conn: Conn, integration_id: int, event_id: uuid.UUID) -> Target | None:
+    """The listable event (accepted, not deleted) a change names; None when there is none."""
+    row = await (await conn.execute(TARGET_QUERY, (integration_id, event_id))).fetchone()
     if row is None:
         return None
     key = row["raw_key"]
-    return bytes(key) if key is not None else str(event_id).encode()
+    return Target(bytes(key) if key is not None else str(event_id).encode(), row["attributes"])
 
 
 async def _fetch(conn: Conn, query: str, params: list[Any]) -> list[Row]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,7 +21,7 @@ from ingest_worker.core import raw
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.raw import RawRecord
 from ingest_worker.core.shape import check_update
-from ingest_worker.shim import event_store, ingest
+from ingest_worker.shim import checks, event_store, ingest
 from ingest_worker.shim.auth import Principal
 from ingest_worker.shim.common import (
     Deps,
@@ -99,34 +100,44 @@ async def update_event(request: Request) -> Response:
     rate_limit(d, principal)
     require_json(request.headers.get("content-type"))
     body = await read_body(request, d.settings.max_body_bytes)
-    errors = check_update(decode(body))
+    update = decode(body)
+    errors = check_update(update)
     if errors:
         d.metrics.invalid.inc()
         raise invalid(errors)
-    return await _change(request, d, integration_id, "update", body)
+    return await _change(request, d, integration_id, "update", (body, update))
 
 
 async def delete_event(request: Request) -> Response:
     """A `delete` for the worker (empty value)."""
     d, integration_id, principal = _open(request)
     rate_limit(d, principal)
-    return await _change(request, d, integration_id, "delete", b"")
+    return await _change(request, d, integration_id, "delete", (b"", None))
 
 
-async def _change(request: Request, d: Deps, integration_id: int, op: str, body: bytes) -> Response:
-    """404 unless the event is stored and listable; else publish the change under its raw
-    key and answer 202 once Kafka has it."""
+async def _change(
+    request: Request, d: Deps, integration_id: int, op: str, body: tuple[bytes, Any]
+) -> Response:
+    """404 unless the event is stored and listable; with synchronous checks, an update that
+    cannot apply is refused at once (the worker's codes); else publish the change under the
+    event's raw key and answer 202 once Kafka has it. `body`: the value and, for an update,
+    its parsed form."""
     event_id: uuid.UUID = request.path_params["event_id"]
     async with d.store.tx() as conn:
-        key = await event_store.raw_key(conn, integration_id, event_id)
-    if key is None:
+        target = await event_store.change_target(conn, integration_id, event_id)
+    if target is None:
         raise not_found("event")
+    value, update = body
+    if update is not None and d.catalog is not None:
+        await checks.check_update_now(
+            d.catalog, d.metrics, integration_id, update, target.attributes
+        )
     record = raw.build_change(
         integration_id,
         str(event_id),
         op,
-        body,
-        key=key,
+        value,
+        key=target.raw_key,
         received_at_ms=time.time_ns() // 1_000_000,
         trace=raw.traceparent(request.headers.get("traceparent")),
     )

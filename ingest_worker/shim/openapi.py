@@ -384,7 +384,7 @@ def _add_event_store(paths: Json, events: str) -> None:
         "get": _stored(
             _op("Read a stored event's fate", item, ("200", _ref("integration_event_fate")))
         ),
-        "put": _stored(_op("Update a stored event", item, accepted, "update")),
+        "put": _stored(_update_checks(_op("Update a stored event", item, accepted, "update"))),
         "delete": _stored(_op("Delete a stored event", item, accepted)),
     }
 
@@ -396,6 +396,20 @@ _SYNC_CHECKS = {
     "404": "Unknown integration or not this token's (`not_found`); in sync mode also "
     "`unknown_event_type`, `device_not_found`",
 }
+
+
+def _update_checks(operation: Json) -> Json:
+    """PUT of a stored event: with synchronous checks, the worker's codes at once."""
+    responses = operation["responses"]
+    responses["400"]["description"] = (
+        "Invalid request (`invalid_request`, `invalid_json`); in sync mode also "
+        "`invalid_attributes`: the given attributes, merged over the stored ones, against "
+        "the type's schema (see `details`)"
+    )
+    responses["404"]["description"] = (
+        "Unknown integration, event not stored (or deleted); in sync mode also `unknown_event_type`"
+    )
+    return operation
 
 
 def _add_sync_checks(responses: Json) -> None:

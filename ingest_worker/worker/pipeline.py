@@ -21,7 +21,7 @@ from ingest_worker.core import plan as core_plan
 from ingest_worker.core.encode import OutRecord
 from ingest_worker.core.errors import DependencyUnavailable, is_recoverable
 from ingest_worker.core.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
-from ingest_worker.core.plan import DeviceRef, Refusal, device_in_integration
+from ingest_worker.core.plan import DeviceRef, device_in_integration
 from ingest_worker.core.rejections import Rejection, Source
 from ingest_worker.core.validate import EventType
 from ingest_worker.worker import resolve, store
@@ -40,6 +40,7 @@ from ingest_worker.worker.revise import (
     Revised,
     Revision,
     avro_fields,
+    refused,
     rejected_revision,
     revise,
 )
@@ -492,23 +493,6 @@ def _plan(
     event_type = types.get((event.integration_id, event.event_type_id))
     planned = core_plan.plan(event.body, len(event.value), event_type)
     return planned if isinstance(planned, DeviceRef) else refused(event, planned)
-
-
-def refused(raw: RawEvent | RawChange, refusal: Refusal) -> Rejection:
-    """The rejection of a record refused by a shared decision (core/plan.py)."""
-    errors, total = refusal.errors
-    return Rejection(
-        raw.source,
-        raw.value,
-        raw.event_id,
-        raw.integration_id,
-        refusal.status,
-        refusal.code,
-        refusal.message,
-        errors,
-        total,
-        counted=total is not None,
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ingest_worker.core.plan import UNKNOWN_EVENT_TYPE
+from ingest_worker.core.plan import UNKNOWN_EVENT_TYPE, Refusal, update_refusal
 from ingest_worker.core.rejections import Rejection, Source
-from ingest_worker.core.validate import EventType, check_attributes
+from ingest_worker.core.validate import EventType
 from ingest_worker.worker.decode import RawChange, RawEvent
 
 EventKey = tuple[int, str]  # integration id, event id
@@ -189,24 +189,11 @@ def _updated(
     the event type it names; timestamp and device never change."""
     body = change.body
     event_type = types.get((change.integration_id, body["integration_event_type_id"]))
-    if event_type is None:
-        return _reject(change, *UNKNOWN_EVENT_TYPE[:3])
     merged = {**orjson.loads(base.attributes_json or "{}"), **body["attributes"]}
     text = orjson.dumps(merged).decode()
-    errors, total = check_attributes(event_type, merged, len(text))
-    if errors:
-        return Rejection(
-            change.source,
-            change.value,
-            change.event_id,
-            change.integration_id,
-            400,
-            "invalid_attributes",
-            "the updated attributes do not match the event type's schema",
-            errors,
-            total,
-            counted=total is not None,
-        )
+    refusal = update_refusal(merged, len(text), event_type)
+    if refusal is not None or event_type is None:
+        return refused(change, refusal or UNKNOWN_EVENT_TYPE)
     revision = _next(
         base,
         change,
@@ -218,6 +205,23 @@ def _updated(
         attributes_json=text,
     )
     return Revised(change, revision)
+
+
+def refused(raw: RawEvent | RawChange, refusal: Refusal) -> Rejection:
+    """The rejection of a record refused by a shared decision (core/plan.py)."""
+    errors, total = refusal.errors
+    return Rejection(
+        raw.source,
+        raw.value,
+        raw.event_id,
+        raw.integration_id,
+        refusal.status,
+        refusal.code,
+        refusal.message,
+        errors,
+        total,
+        counted=total is not None,
+    )
 
 
 def _next(base: Revision, change: RawChange, **changed: Any) -> Revision:

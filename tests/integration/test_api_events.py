@@ -505,7 +505,9 @@ async def test_update_and_delete_travel_the_raw_topic_under_the_events_key(
     raw_key = f"{integration_id}:door-{uuid.uuid4()}".encode()
     (event_id,) = await store(api.database_url, Stored(integration_id, raw_key=raw_key))
     path = f"{_events(integration_id)}/{event_id}"
-    body = b'{"integration_event_type_id": 1,  "attributes": {"b": 1.50, "a": 2}, "buffer": 0}'
+    type_id = await _event_type(admin_client, integration_id)
+    body = b'{"integration_event_type_id": %d,  "attributes": {"b": 1.50, "a": 2}, "buffer": 0}'
+    body %= type_id
     trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     headers = {"content-type": "application/json", "traceparent": trace}
     put = await admin_client.put(path, content=body, headers=headers)
@@ -658,3 +660,35 @@ async def test_deleting_an_integration_deletes_its_events(
     assert (await admin_client.delete(f"/v1/integrations/{gone}")).status_code == 200
     assert await count_events(api.database_url, "integration_id = %s", gone) == 0
     assert await count_events(api.database_url, "integration_id = %s", kept) == 1
+
+
+async def test_an_update_that_cannot_apply_is_refused_at_once(
+    admin_client: httpx.AsyncClient, integration_id: int, api: RunningApi
+) -> None:
+    """Synchronous checks (the default) on PUT, with the worker's codes: a type the
+    integration lacks is 404 `unknown_event_type`; attributes that, merged over the stored
+    ones, break the type's schema are 400 `invalid_attributes` naming the field; an update
+    whose own attributes lack a required key the stored ones have is accepted (202)."""
+    schema = {
+        "type": "object",
+        "required": ["store", "n"],
+        "properties": {"store": {"type": "string"}, "n": {"type": "integer"}},
+    }
+    made = await admin_client.post(
+        f"/v1/integrations/{integration_id}/event-types", json={"name": "s", "schema": schema}
+    )
+    type_id = made.json()["integration_event_type"]["id"]
+    stored = Stored(integration_id, type_id=type_id, attributes='{"store": "s1", "n": 1}')
+    (event_id,) = await store(api.database_url, stored)
+    path = f"{_events(integration_id)}/{event_id}"
+
+    def update(type_id: int, **attributes: Any) -> dict[str, Any]:
+        return {"integration_event_type_id": type_id, "attributes": attributes}
+
+    unknown = await admin_client.put(path, json=update(type_id + 10_000, n=2))
+    broken = await admin_client.put(path, json=update(type_id, n="two"))
+    merged = await admin_client.put(path, json=update(type_id, n=2))
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_event_type")
+    assert (broken.status_code, broken.json()["code"]) == (400, "invalid_attributes")
+    assert [d["field"] for d in broken.json()["details"]] == ["attributes.n"]
+    assert merged.status_code == 202, merged.text
