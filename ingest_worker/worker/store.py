@@ -66,7 +66,7 @@ _COLUMNS = (
     "integration_id, id, revision, received_at_ms, op, current, event_type_id, "
     "event_type_version, device_id, device_external_id, device_resolution, timestamp_us, "
     "duration_ms, buffer_ms, attributes, revision_received_at_ms, idempotency_key, "
-    "traceparent, raw_key, source_partition, source_offset, error, created_ms"
+    "traceparent, raw_key, source_partition, source_offset, error, created_ms, updated_ms"
 )
 _COPY = f"COPY {{table}} ({_COLUMNS}) FROM STDIN"
 _STAGE = "CREATE TEMP TABLE events_in (LIKE events INCLUDING DEFAULTS) ON COMMIT DROP"
@@ -136,6 +136,7 @@ def _row(rev: Revision, newest: Mapping[EventKey, tuple[int, int]], now_ms: int)
         rev.source.offset,
         rev.error_json,
         now_ms if rev.created_ms is None else rev.created_ms,
+        now_ms,  # one clock for both: a new event's `updated` is its `created`
     )
 
 

@@ -404,8 +404,10 @@ async def test_an_event_through_the_api_is_stored_changed_and_deleted(env: Pipel
     event_id = made.json()["event_id"]
     found = await _until(env, f"{base}/{event_id}", lambda a: a.status_code == 200)
     assert found.json()["status"] == "accepted"
-    assert found.json()["integration_event"]["attributes"] == {"store": "a", "n": 1}
-    device_id = found.json()["integration_event"]["integration_device_id"]
+    first = found.json()["integration_event"]
+    assert first["attributes"] == {"store": "a", "n": 1}
+    assert first["created"] == first["updated"]
+    device_id = first["integration_device_id"]
     listed = await env.client.get(base, params={"integrationDeviceIds": str(device_id)})
     assert [e["id"] for e in listed.json()["integration_events"]] == [event_id]
     update = {"integration_event_type_id": type_id, "attributes": {"n": 2}}
@@ -415,7 +417,9 @@ async def test_an_event_through_the_api_is_stored_changed_and_deleted(env: Pipel
         f"{base}/{event_id}",
         lambda a: a.json()["integration_event"]["attributes"] == {"store": "a", "n": 2},
     )
-    assert changed.json()["integration_event"]["timestamp"].startswith("2024-06-01T12:00:00")
+    after = changed.json()["integration_event"]
+    assert after["timestamp"].startswith("2024-06-01T12:00:00")
+    assert after["created"] == first["created"] <= after["updated"]
     assert (await env.client.delete(f"{base}/{event_id}")).status_code == 202
     await _until(env, f"{base}/{event_id}", lambda a: a.status_code == 404)
     assert (await env.client.get(base)).json()["integration_events"] == []
