@@ -41,6 +41,25 @@ def compile_type(row: dict[str, Any]) -> EventType:
     )
 
 
+StoredKey = tuple[Any, Any, Any]  # integration id, type id, version
+
+
+def compile_stored(
+    row: dict[str, Any], broken: set[StoredKey]
+) -> tuple[EventType | None, Exception | None]:
+    """A stored event type compiled; if it does not compile, whatever the reason (a row
+    written by hand, a schema saved under older rules): None, with the error the first time
+    that version fails (`broken` remembers it), so the caller reports it once."""
+    try:
+        return compile_type(row), None
+    except Exception as exc:
+        key = (row.get("integration_id"), row.get("id"), row.get("version"))
+        if key in broken:
+            return None, None
+        broken.add(key)
+        return None, exc
+
+
 # Listing every error costs a pass per error, and with a recursive schema that can grow
 # exponentially with the instance's nesting (measured: 17 levels, 9 s), while `is_valid` and
 # the first error stay cheap. So every error is listed only for small instances of schemas

@@ -31,7 +31,7 @@ from ingest_worker.core.changes import CHANNEL
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.metrics import ApiMetrics
 from ingest_worker.core.supervise import Beat
-from ingest_worker.core.validate import EventType, compile_type
+from ingest_worker.core.validate import EventType, StoredKey, compile_stored
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Catalog:
         self._types_epoch = self._devices_epoch = 0
         self._loading: dict[int, asyncio.Future[Types]] = {}
         self._devices = Batcher(self._load_owners, MAX_BATCH)
-        self._broken: set[tuple[Any, Any, Any]] = set()
+        self._broken: set[StoredKey] = set()
         self.reachable, self._retry_at = True, _STALE
 
     # --- hits: no I/O -------------------------------------------------------------------------
@@ -200,17 +200,17 @@ class Catalog:
         return found
 
     def _compiled(self, row: dict[str, Any]) -> EventType | None:
-        try:
-            return compile_type(row)
-        except Exception as exc:
-            key = (row.get("integration_id"), row.get("id"), row.get("version"))
-            if key not in self._broken:
-                self._broken.add(key)
-                log.error(
-                    "event type does not compile; its events are refused",
-                    extra={"integration_id": key[0], "id": key[1], "error": repr(exc)[:500]},
-                )
-            return None
+        compiled, failure = compile_stored(row, self._broken)
+        if failure is not None:
+            log.error(
+                "event type does not compile; its events are refused",
+                extra={
+                    "integration_id": row.get("integration_id"),
+                    "id": row.get("id"),
+                    "error": repr(failure)[:500],
+                },
+            )
+        return compiled
 
     def _remember(self, device_id: int, owner: Owner, now: float) -> None:
         if owner.integration_id is None:

@@ -8,7 +8,6 @@ apply, and answered 202 once durable, like an ingest. With the store off, all fo
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -18,7 +17,6 @@ from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
 from ingest_worker.core import raw
-from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.raw import RawRecord
 from ingest_worker.core.shape import check_update
 from ingest_worker.shim import checks, event_store, ingest
@@ -41,7 +39,6 @@ from ingest_worker.shim.common import (
 from ingest_worker.shim.event_store import EventFilter
 from ingest_worker.shim.problems import Problem, invalid, not_found, record_too_large
 
-RETRY_AFTER_UNAVAILABLE_S = 2
 BASE = "/v1/integrations/{integration_id:id}/events"
 ITEM = BASE + "/{event_id:uuid}"
 
@@ -138,7 +135,7 @@ async def _change(
         op,
         value,
         key=target.raw_key,
-        received_at_ms=time.time_ns() // 1_000_000,
+        received_at_ms=ingest.now_ms(),
         trace=raw.traceparent(request.headers.get("traceparent")),
     )
     await _publish(d, record)
@@ -146,24 +143,12 @@ async def _change(
 
 
 async def _publish(d: Deps, record: RawRecord) -> None:
-    """Publish one record; 413 when the raw topic cannot take it, 503 when Kafka does not
+    """Publish one change; 413 when the raw topic cannot take it, 503 when Kafka does not
     acknowledge it."""
     size = d.publisher.oversize(record)
     if size is not None:
         raise record_too_large(size, d.publisher.max_record_bytes)
-    started = time.perf_counter()
-    try:
-        await d.publisher.publish([record])
-    except DependencyUnavailable as exc:
-        d.metrics.unavailable.inc()
-        raise Problem(
-            503,
-            "kafka_unavailable",
-            "the change could not be made durable; retry",
-            retry_after_s=RETRY_AFTER_UNAVAILABLE_S,
-        ) from exc
-    d.metrics.publish_seconds.observe(time.perf_counter() - started)
-    d.metrics.published.inc()
+    await ingest.publish(d, [record], "change")
 
 
 class _Collection:

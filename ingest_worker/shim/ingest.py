@@ -75,12 +75,12 @@ async def ingest_event(
     if d.catalog is not None:
         await checks.check_now(d.catalog, d.metrics, integration_id, event, len(payload))
     record = raw.build(
-        integration_id, event, payload, received_at_ms=_now_ms(), idempotency_key=key, trace=trace
+        integration_id, event, payload, received_at_ms=now_ms(), idempotency_key=key, trace=trace
     )
     size = d.publisher.oversize(record)
     if size is not None:
         raise record_too_large(size, d.publisher.max_record_bytes)
-    await _publish(d, [record])
+    await publish(d, [record])
     return record.event_id
 
 
@@ -197,14 +197,14 @@ async def import_events(request: Request) -> Response:
     rate_limit_rest(d, principal, len(items))
     shaped = [_shaped(index, item) for index, item in enumerate(items)]
     refused = await _refused(d, integration_id, items, shaped)
-    batch = _Import(d, integration_id, key, trace, _now_ms())
+    batch = _Import(d, integration_id, key, trace, now_ms())
     outcomes = [
         refused.get(index) or batch.item(index, item, shaped[index])
         for index, item in enumerate(items)
     ]
     records = [o for o in outcomes if isinstance(o, RawRecord)]
     d.metrics.invalid.inc(len(outcomes) - len(records))
-    await _publish(d, records)
+    await publish(d, records)
     results = [_result(index, outcome) for index, outcome in enumerate(outcomes)]
     return json_response({"results": results}, 202)
 
@@ -303,7 +303,9 @@ def _idempotency_key(key: str | None) -> str | None:
     return key
 
 
-async def _publish(d: Deps, records: list[RawRecord]) -> None:
+async def publish(d: Deps, records: list[RawRecord], what: str = "event") -> None:
+    """Publish to the raw topic and count it; 503 (Retry-After) when Kafka does not
+    acknowledge. `what`: the record's kind, for the answer."""
     if not records:
         return
     started = time.perf_counter()
@@ -314,14 +316,14 @@ async def _publish(d: Deps, records: list[RawRecord]) -> None:
         raise Problem(
             503,
             "kafka_unavailable",
-            "the event could not be made durable; retry",
+            f"the {what} could not be made durable; retry",
             retry_after_s=RETRY_AFTER_UNAVAILABLE_S,
         ) from exc
     d.metrics.publish_seconds.observe(time.perf_counter() - started)
     d.metrics.published.inc(len(records))
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 

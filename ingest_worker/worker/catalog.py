@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from ingest_worker.core.changes import CHANNEL
 from ingest_worker.core.supervise import Beat
-from ingest_worker.core.validate import EventType, compile_type
+from ingest_worker.core.validate import EventType, StoredKey, compile_stored
 from ingest_worker.worker.resolve import Device
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class Catalog:
     devices: dict[int, tuple[Device, int, float]] = field(default_factory=dict)
     device_keys: dict[tuple[int, str], int] = field(default_factory=dict)
     swept_at: float = 0.0
-    broken: set[tuple[Any, Any, Any]] = field(default_factory=set)
+    broken: set[StoredKey] = field(default_factory=set)
 
     def on_change(self, payload: str) -> None:
         """Apply one `ingest_changes` notification: drop what it names. A payload of any
@@ -105,24 +105,20 @@ class Catalog:
         return None if found is None else (found[0], found[1])
 
     def _compiled(self, row: dict[str, Any]) -> EventType | None:
-        """A stored event type, compiled; None if it does not compile, whatever the reason (a
-        row written by hand, a schema saved under older rules), logged once per version."""
-        try:
-            return compile_type(row)
-        except Exception as exc:
-            key = (row.get("integration_id"), row.get("id"), row.get("version"))
-            if key not in self.broken:
-                self.broken.add(key)
-                log.error(
-                    "event type does not compile; its events are rejected",
-                    extra={
-                        "integration_id": key[0],
-                        "id": key[1],
-                        "version": key[2],
-                        "error": repr(exc),
-                    },
-                )
-            return None
+        """A stored event type, compiled; None if it does not compile (logged once per
+        version)."""
+        compiled, failure = compile_stored(row, self.broken)
+        if failure is not None:
+            log.error(
+                "event type does not compile; its events are rejected",
+                extra={
+                    "integration_id": row.get("integration_id"),
+                    "id": row.get("id"),
+                    "version": row.get("version"),
+                    "error": repr(failure),
+                },
+            )
+        return compiled
 
     async def fill(
         self,

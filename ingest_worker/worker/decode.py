@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -136,15 +136,7 @@ def _change_header_errors(found: dict[str, str], integration_id: int | None) -> 
 
 def _update_body(payload: bytes) -> dict[str, Any]:
     """The value as an update of the shared shape."""
-    try:
-        body = shape.parse_json(payload)
-    except shape.BadJsonError as exc:
-        raise _Reject(400, "invalid_json", f"the value is not valid JSON: {exc}", []) from exc
-    errors = shape.check_update(body)
-    if errors:
-        raise _Reject(400, "invalid_request", "the update is not valid", errors)
-    update: dict[str, Any] = body
-    return update
+    return _parsed(payload, shape.check_update, "the update is not valid")
 
 
 class _Reject(Exception):  # noqa: N818 - a verdict, raised to leave decode early
@@ -153,15 +145,22 @@ class _Reject(Exception):  # noqa: N818 - a verdict, raised to leave decode earl
 
 def _body(payload: bytes) -> dict[str, Any]:
     """The value as an event of the shared request shape."""
+    return _parsed(payload, shape.check_event, "the event is not a valid request")
+
+
+def _parsed(
+    payload: bytes, check: Callable[[Any], list[FieldError]], invalid: str
+) -> dict[str, Any]:
+    """The value as JSON that `check` finds no fault with."""
     try:
         body = shape.parse_json(payload)
     except shape.BadJsonError as exc:
         raise _Reject(400, "invalid_json", f"the value is not valid JSON: {exc}", []) from exc
-    errors = shape.check_event(body)
+    errors = check(body)
     if errors:
-        raise _Reject(400, "invalid_request", "the event is not a valid request", errors)
-    event: dict[str, Any] = body
-    return event
+        raise _Reject(400, "invalid_request", invalid, errors)
+    parsed: dict[str, Any] = body
+    return parsed
 
 
 def _times(body: dict[str, Any], received_at: str | None, record_ms: int) -> tuple[int, int]:

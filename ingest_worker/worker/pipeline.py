@@ -41,6 +41,7 @@ from ingest_worker.worker.revise import (
     Revision,
     avro_fields,
     refused,
+    reject,
     rejected_revision,
     revise,
 )
@@ -324,7 +325,8 @@ async def _decide(
         return decided, learned, []
     topic = changes[0].source.topic if changes else ""
     stored = await store.load(conn, {(c.integration_id, c.event_id) for c in changes}, topic)
-    rows = _revisions(items, (decided, created, now_ms), Events(stored), types, topics)
+    view = Events(stored, changing=bool(changes))
+    rows = _revisions(items, (decided, created, now_ms), view, types, topics)
     return decided, learned, [r for r in rows if r.integration_id in known]
 
 
@@ -385,7 +387,6 @@ def _revisions(
     the event as the batch has left it so far (its output decided here: a change that
     would not fit its topic changes nothing)."""
     decided, created, now_ms = outputs
-    changed = any(isinstance(item, RawChange) for _, item in items)
     rows: list[Revision] = []
     for record, item in items:
         if isinstance(item, RawChange):
@@ -396,8 +397,7 @@ def _revisions(
         final = decided[item.source][1]
         if isinstance(final, Accepted):
             rows.append(created[item.source])
-            if events.stored or changed:  # only changes read what the batch created
-                events.created(created[item.source])
+            events.created(created[item.source])
         elif isinstance(final, Rejection) and not _is_change(record):
             event = item if isinstance(item, RawEvent) else None
             row = rejected_revision(final, event, record.key, _received_ms(record))
@@ -449,11 +449,8 @@ def _received_ms(record: InRecord) -> int:
 
 
 def _store_disabled(change: RawChange) -> Rejection:
-    return Rejection(
-        change.source,
-        change.value,
-        change.event_id,
-        change.integration_id,
+    return reject(
+        change,
         501,
         "event_store_disabled",
         "events are not stored here (INGEST_EVENT_STORE=off), so they cannot be changed",
@@ -467,7 +464,7 @@ def claimed(event: RawEvent, verdict: Verdict, claims: Mapping[ClaimKey, Claim])
         return verdict
     if claims.get(resolve.claim_key(event)) == Claim(*event.source):
         return verdict
-    return _reject(
+    return reject(
         event, 409, "duplicate", "this Idempotency-Key was already used in this integration"
     )
 
@@ -489,7 +486,7 @@ def _plan(
     event: RawEvent, known: set[int], types: dict[TypeKey, EventType]
 ) -> DeviceRef | Rejection:
     if event.integration_id not in known:
-        return _reject(event, 404, "unknown_integration", "no such integration")
+        return reject(event, 404, "unknown_integration", "no such integration")
     event_type = types.get((event.integration_id, event.event_type_id))
     planned = core_plan.plan(event.body, len(event.value), event_type)
     return planned if isinstance(planned, DeviceRef) else refused(event, planned)
@@ -554,18 +551,12 @@ def verdict(
     key = (event.integration_id, str(ref.external_id))
     device = devices.external.get(key)
     if device is None and key in devices.refused:
-        return _reject(
+        return reject(
             event, 403, "device_limit_reached", "the integration has its most auto-created devices"
         )
     if device is None:  # its integration was deleted during the batch
-        return _reject(event, 404, "unknown_integration", "no such integration")
+        return reject(event, 404, "unknown_integration", "no such integration")
     return Accepted(event, event_type, ref, device)
-
-
-def _reject(event: RawEvent, status: int, code: str, message: str) -> Rejection:
-    return Rejection(
-        event.source, event.value, event.event_id, event.integration_id, status, code, message
-    )
 
 
 def output(
@@ -593,15 +584,7 @@ def _raw(verdict: Accepted | Revised) -> RawEvent | RawChange:
 
 
 def _too_large(raw: RawEvent | RawChange) -> Rejection:
-    return Rejection(
-        raw.source,
-        raw.value,
-        raw.event_id,
-        raw.integration_id,
-        413,
-        "record_too_large",
-        "the accepted record exceeds the topic's limit",
-    )
+    return reject(raw, 413, "record_too_large", "the accepted record exceeds the topic's limit")
 
 
 def _rejected_record(rejection: Rejection, topics: Topics) -> OutRecord:

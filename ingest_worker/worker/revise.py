@@ -130,12 +130,13 @@ class Events:
     name, and the latest revision the batch made (or created) of each, in input order."""
 
     stored: dict[EventKey, list[Revision]]
+    changing: bool = True  # False: the batch has no change, so what it creates is not kept
     added: list[Revision] = field(default_factory=list)
     fresh: dict[EventKey, Revision] = field(default_factory=dict)
 
     def created(self, revision: Revision) -> None:
         """An event accepted by this batch; a replay of one already stored changes nothing."""
-        if not self.stored.get(revision.key):
+        if self.changing and not self.stored.get(revision.key):
             self.fresh.setdefault(revision.key, revision)
 
     def base(self, change: RawChange) -> Revision | None:
@@ -176,7 +177,7 @@ def revise(
         return Revised(change, again, replayed=True)
     base = events.base(change)
     if base is None or base.op not in ("created", "updated"):
-        return _reject(change, 404, "event_not_found", "no such stored event in this integration")
+        return reject(change, 404, "event_not_found", "no such stored event in this integration")
     if change.op == "delete":
         return Revised(change, _next(base, change, op="deleted"))
     return _updated(change, base, types)
@@ -245,7 +246,6 @@ def superseded(added: Iterable[Revision]) -> dict[EventKey, tuple[int, int]]:
     return newest
 
 
-def _reject(change: RawChange, status: int, code: str, message: str) -> Rejection:
-    return Rejection(
-        change.source, change.value, change.event_id, change.integration_id, status, code, message
-    )
+def reject(raw: RawEvent | RawChange, status: int, code: str, message: str) -> Rejection:
+    """The rejection of a decoded record: status, stable code, message."""
+    return Rejection(raw.source, raw.value, raw.event_id, raw.integration_id, status, code, message)

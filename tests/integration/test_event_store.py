@@ -30,7 +30,7 @@ from ingest_worker.worker.revise import Revision
 from tests.integration.apiserver import running_api
 from tests.integration.kafka_read import read_topics
 from tests.integration.pipeline_env import Pipeline, fresh_settings, running_worker
-from tests.integration.worker_env import integration_with_type, worker_process
+from tests.integration.worker_env import integration_with_type, until_some_output, worker_process
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -284,7 +284,7 @@ async def test_a_killed_worker_replays_without_storing_twice(
     with worker_process(own, kafka_bootstrap, api_database, tmp_path / "victim.log") as victim:
         await asyncio.sleep(3)
         sending = asyncio.create_task(produce(kafka_bootstrap, own.raw_topic, records))
-        await _until_uncommitted(kafka_bootstrap, own, 600)
+        await until_some_output(kafka_bootstrap, own, at_least=600)
         victim.kill()
         victim.wait(10)
         await sending
@@ -300,16 +300,6 @@ async def test_a_killed_worker_replays_without_storing_twice(
     assert len(per_event) == len(events)
     assert {(r["revision"], r["current"]) for r in stored} == {(1, False), (2, False), (3, True)}
     assert all(r["attributes"]["n"] == r["revision"] - 1 for r in stored)
-
-
-async def _until_uncommitted(bootstrap: str, own: Settings, at_least: int) -> None:
-    await read_topics(
-        bootstrap,
-        [own.accepted_topic, own.rejected_topic],
-        until=lambda rs: len(rs) >= at_least,
-        timeout_s=60,
-        isolation="read_uncommitted",
-    )
 
 
 async def test_retention_drops_whole_days_and_keeps_the_rest(database_url: str) -> None:
