@@ -154,6 +154,12 @@ class Worker:
         )
 
     def _assigned(self, _: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions come (back): each is sought to the broker's committed offset, with
+        the guard against answers below what it is known to hold, before anything is
+        processed. Where librdkafka's own fetch put them is not trusted: after a frozen
+        broker it once answered "no offset" for partitions with commits, and a worker that
+        had resumed while it held none would have replayed them from the start."""
+        self._rebalanced = True
         log.info("partitions assigned", extra={"partitions": _names(partitions)})
 
     def _revoked(self, _: Consumer, partitions: list[TopicPartition]) -> None:
@@ -264,32 +270,23 @@ class Worker:
         return True
 
     async def _commit_soon(self) -> None:
-        """Start committing the open transaction; the loop goes on meanwhile."""
+        """Start committing the open transaction; the loop goes on meanwhile. PostgreSQL
+        first: a batch's outputs count only once its rows and devices are committed, so a
+        replay finds them."""
         try:
             group = await self.on_consumer(self.consumer.consumer_group_metadata)
         except KafkaException as exc:  # not a member of the group now
             await self._recover("kafka", exc)
             return
-        self._committing_offsets = self.offsets.take_pending()
-        serial = self.sink.open_transaction()  # the one holding these offsets' outputs
-        writes = self.storing.pending()  # the PostgreSQL transactions of those outputs
-        commit = self._commit(self.sink, self._committing_offsets, group, (serial, writes))
-        self._committing = asyncio.ensure_future(commit)
-
-    async def _commit(
-        self,
-        sink: Sink,
-        offsets: dict[Partition, int],
-        group: Any,
-        after: tuple[int | None, list[asyncio.Task[pipeline.Decided]]],
-    ) -> None:
-        """PostgreSQL first (a batch's outputs count only once its rows and devices are
-        committed, so a replay finds them), then that Kafka transaction: never another one,
-        should a rebalance abort it meanwhile or the sink be replaced."""
-        serial, writes = after
-        await self.storing.settled(writes)
+        try:
+            await self.storing.settled()
+        except DependencyUnavailable as exc:
+            await self._recover("postgres", exc)
+            return
         self._commit_started = time.perf_counter()
-        await self._outcome(sink.commit_soon(offsets, group, serial))
+        self._committing_offsets = self.offsets.take_pending()
+        serial = self.sink.open_transaction()  # never commit another one (a rebalance)
+        self._committing = self.sink.commit_soon(self._committing_offsets, group, serial)
 
     async def _settled(self) -> bool:
         """Wait for the commit in flight; False if it failed (everything since the last
@@ -298,7 +295,7 @@ class Worker:
         if committing is None:
             return True
         try:
-            await committing
+            await self._outcome(committing)
         except DependencyUnavailable as exc:
             await self._recover("kafka", exc)
             return False
@@ -340,7 +337,7 @@ class Worker:
         )
         if self._committing is not None:  # its outcome shows in the committed offsets
             with suppress(DependencyUnavailable):
-                await self._committing
+                await self._outcome(self._committing)
             self._committing = None
         await self.storing.drop()  # its batch is put back with the rest
         await self.sink.abort()
