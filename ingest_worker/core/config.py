@@ -15,6 +15,8 @@ MAX_IDEMPOTENCY_TTL_S = 10 * 365 * 86400.0
 LogFormat = Literal["json", "console"]
 Validation = Literal["sync", "async"]
 Switch = Literal["on", "off"]
+# A lone node, or the smallest quorum that outlives the loss of a node.
+KAFKA_NODES = (1, 3)
 
 
 def _setting(env: str, default: Any, doc: str, *, secret: bool = False) -> Any:
@@ -187,6 +189,13 @@ class Settings:
         Path(".local"),
         "Directory of the local stack: Kafka jars, data and logs.",
     )
+    kafka_nodes: int = _setting(
+        "INGEST_KAFKA_NODES",
+        1,
+        "Nodes of the local Kafka started when `KAFKA_BOOTSTRAP_SERVERS` is unset: 1, or 3 "
+        "(local processes, also in `auto` mode, refused in `docker` mode; topics get 3 "
+        "replicas, 2 in sync).",
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.idempotency_ttl_s <= MAX_IDEMPOTENCY_TTL_S:
@@ -202,6 +211,8 @@ class Settings:
                 "INGEST_WORKER_COMMIT_INTERVAL_MS must be 0 or more and "
                 "INGEST_WORKER_TXN_MAX_RECORDS at least 1"
             )
+        if self.kafka_nodes not in KAFKA_NODES:
+            raise ConfigError("INGEST_KAFKA_NODES must be 1 or 3")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

@@ -24,6 +24,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from psycopg import conninfo, sql
 
+from devstack.kafka import Cluster, local_cluster
 from devstack.proc import free_port
 from devstack.stack import Endpoints, services
 from devstack.topics import ensure_topics
@@ -50,6 +51,18 @@ def endpoints(settings: Settings) -> Iterator[Endpoints]:
     work_dir = settings.stack_dir / "test-runs" / RUN_ID
     with services(settings, work_dir, durable=False) as found:
         yield found
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(settings: Settings) -> Iterator[Cluster]:
+    """Three local Kafka nodes for the fault tests, started by the first test that asks for
+    them and stopped at the end of the session. Always local processes, whatever
+    KAFKA_BOOTSTRAP_SERVERS, INGEST_KAFKA_NODES or Docker say: the tests kill, freeze and
+    restart its nodes, which they may only do to JVMs of their own."""
+    work_dir = settings.stack_dir / "test-runs" / f"{RUN_ID}-kafka-cluster"
+    with local_cluster(work_dir, settings.stack_dir / "cache") as cluster:
+        yield cluster
     shutil.rmtree(work_dir, ignore_errors=True)
 
 

@@ -211,5 +211,12 @@ async def test_kafka_outage_mid_stream_loses_and_duplicates_nothing(
             worker.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(worker.wait, 60) == 0
     counts = {i: len(found.get(i.encode(), [])) for i in ids}
-    assert sorted(set(counts.values())) == [1], (offsets, [c for c in counts.values() if c != 1])
+    assert sorted(set(counts.values())) == [1], (offsets, Counter(counts.values()), _story(log))
     assert {r.topic for rs in found.values() for r in rs} == {own.accepted_topic}
+
+
+def _story(log: Path) -> list[str]:
+    """The worker's log lines that tell where it resumed from and why, for a failure's
+    message."""
+    marks = ("resuming", "partitions", "transaction", "put back", "FATAL", "commit")
+    return [line[:400] for line in log.read_text().splitlines() if any(m in line for m in marks)]
