@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import jsonschema_rs
 import orjson
 
+from ingest_worker.core.times import timestamp_error
+
 JsonObject = dict[str, Any]
 
 
@@ -122,8 +124,13 @@ def errors_of(compiled: jsonschema_rs.Validator, instance: Any, prefix: str = ""
 
 
 def check_event(instance: Any, prefix: str = "") -> list[FieldError]:
-    """Errors of one ingest request (or one import item, with its prefix)."""
-    return check("ingest_request.schema.json", "event", instance, prefix)
+    """Errors of one ingest request (or one import item, with its prefix): the schema's, and
+    a timestamp of the right form outside the years every reader holds."""
+    errors = check("ingest_request.schema.json", "event", instance, prefix)
+    if errors:
+        return errors
+    problem = timestamp_error(instance["timestamp"])
+    return [] if problem is None else [FieldError(_join(prefix, ["timestamp"]), problem)]
 
 
 def check_update(instance: Any) -> list[FieldError]:

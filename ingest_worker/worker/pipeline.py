@@ -23,11 +23,11 @@ from ingest_worker.core.errors import DependencyUnavailable, is_recoverable
 from ingest_worker.core.limits import DEFAULT_MAX_MESSAGE_BYTES, record_size
 from ingest_worker.core.plan import DeviceRef, device_in_integration
 from ingest_worker.core.rejections import Rejection, Source
+from ingest_worker.core.times import RECEIVED_AT_MS
 from ingest_worker.core.validate import EventType
 from ingest_worker.worker import resolve, store
 from ingest_worker.worker.catalog import Catalog, TypeKey
 from ingest_worker.worker.decode import (
-    RECEIVED_AT_MS,
     Headers,
     RawChange,
     RawEvent,

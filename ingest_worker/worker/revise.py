@@ -102,8 +102,8 @@ def rejected_revision(
         None,
         None,
         known.timestamp_us if known else None,
-        known.body.get("duration") if known else None,
-        known.body.get("buffer") if known else None,
+        _whole(known.body.get("duration")) if known else None,
+        _whole(known.body.get("buffer")) if known else None,
         orjson.dumps(known.body["attributes"]).decode() if known else None,
         known.received_at_ms if known else received_at_ms,
         known.idempotency_key if known else None,
@@ -249,3 +249,9 @@ def superseded(added: Iterable[Revision]) -> dict[EventKey, tuple[int, int]]:
 def reject(raw: RawEvent | RawChange, status: int, code: str, message: str) -> Rejection:
     """The rejection of a decoded record: status, stable code, message."""
     return Rejection(raw.source, raw.value, raw.event_id, raw.integration_id, status, code, message)
+
+
+def _whole(value: float | None) -> int | None:
+    """A duration the shape let through as a whole-number float (`100.0`), as the integer
+    the store's column holds."""
+    return None if value is None else int(value)

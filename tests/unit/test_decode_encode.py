@@ -18,7 +18,8 @@ from ingest_worker.core.encode import (
     rejected_value,
 )
 from ingest_worker.core.rejections import Rejection, Source
-from ingest_worker.worker.decode import RawEvent, decode, timestamp_micros
+from ingest_worker.core.times import timestamp_micros
+from ingest_worker.worker.decode import RawEvent, decode
 
 SOURCE = Source("raw", 2, 41)
 GOOD = orjson.dumps(
