@@ -294,6 +294,7 @@ class Cluster:
         self.nodes = {node.node_id: node for node in nodes}
         self._libs, self._timeout_s = libs, timeout_s
         self._jvms: dict[int, subprocess.Popen[bytes]] = {}
+        self._launches: dict[int, _Launch] = {}
         self._admin: AdminClient | None = None
 
     @property
@@ -309,16 +310,25 @@ class Cluster:
         """Start every node that is not running; return once all serve."""
         self._start([i for i in self.nodes if not self.running(i)])
 
+    def spawn(self, node_id: int) -> None:
+        """Start a stopped node without waiting for it (`wait_started` waits, from any
+        thread): a test's event loop must go on serving meanwhile."""
+        if self.running(node_id):
+            raise StackError(f"kafka node {node_id} is already running")
+        self._launches[node_id] = launch = _spawn(self.nodes[node_id], self._libs, CLUSTER_HEAP)
+        self._jvms[node_id] = launch.jvm
+
+    def wait_started(self, node_id: int) -> None:
+        """Block until a node spawned last by `spawn` serves."""
+        _wait_started(self.nodes[node_id], self._launches[node_id], self._timeout_s)
+
     def _start(self, node_ids: list[int]) -> None:
         """Spawn all, then wait for each: a node cannot finish starting before a majority of
         the voters answer, so a first start must not wait for one node alone."""
         for node_id in node_ids:
-            if self.running(node_id):
-                raise StackError(f"kafka node {node_id} is already running")
-        launches = {i: _spawn(self.nodes[i], self._libs, CLUSTER_HEAP) for i in node_ids}
-        self._jvms.update({i: launch.jvm for i, launch in launches.items()})
-        for node_id, launch in launches.items():
-            _wait_started(self.nodes[node_id], launch, self._timeout_s)
+            self.spawn(node_id)
+        for node_id in node_ids:
+            self.wait_started(node_id)
 
     def running(self, node_id: int) -> bool:
         """Whether the node's JVM is alive (a frozen one is)."""

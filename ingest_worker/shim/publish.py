@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -15,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from ingest_worker.core import limits, rdkafka
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.raw import RawRecord
+from ingest_worker.shim.deliveries import Deliveries
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,13 @@ IDLE_POLL_S = 1.0
 READY_TIMEOUT_S = 2.0
 # Pause before retrying a record that found librdkafka's local queue full.
 QUEUE_FULL_PAUSE_S = 0.005
+# A partition whose deliveries have all failed this long gets a new producer (at most one per
+# this long): librdkafka's idempotent producer can stay failed on a partition after a broker
+# died with its records in flight (see deliveries.py). And readiness stays down while any
+# partition's last delivery, within this long, failed.
+STUCK_AFTER_S = 15.0
+# The same publish failure is logged again after this.
+FAILURE_LOG_S = 10.0
 
 _Headers = list[tuple[str, str | bytes | None]]
 
@@ -59,6 +68,7 @@ class _Client:
         self.errors = rdkafka.ErrorLog(log)
         options = rdkafka.config(bootstrap, "ingest-worker-api", self.errors)
         self.producer = Producer({**options, **config})
+        self.deliveries = Deliveries()  # this producer's own: a new one starts clean
         self._loop = asyncio.get_running_loop()
         self._pump: asyncio.Task[None] | None = None
         self._idle = self._loop.create_task(self._poll_idle())
@@ -67,8 +77,10 @@ class _Client:
         """Queue one record; its future gets the delivery error, None once acknowledged.
         Raises BufferError when librdkafka's queue is full, KafkaException when it refuses."""
         future: asyncio.Future[KafkaError | None] = self._loop.create_future()
+        deliveries = self.deliveries
 
-        def delivered(error: KafkaError | None, _: Message) -> None:
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            deliveries.delivered(cast(int, message.partition()), error, time.monotonic())
             if not future.done():  # else its publish gave up
                 future.set_result(error)
 
@@ -122,6 +134,8 @@ class Publisher:
         self._new_client, self._client = new_client, new_client()
         self._topic, self._timeout_s = topic, timeout_s
         self.max_record_bytes = max_record_bytes
+        self._replaced_at = time.monotonic()
+        self._failures_logged: dict[int, float] = {}
 
     def oversize(self, record: RawRecord) -> int | None:
         """The record's size when the topic cannot take it (it would fail on every retry),
@@ -148,7 +162,26 @@ class Publisher:
             raise DependencyUnavailable(f"Kafka refused the record: {exc.args[0]}") from exc
         failed = [error for error in errors if error is not None]
         if failed:
+            self._log_failure(failed)
             raise DependencyUnavailable(f"Kafka did not acknowledge: {failed[0]}")
+
+    def _log_failure(self, failed: list[KafkaError]) -> None:
+        """Say why records were not acknowledged: once per error code every FAILURE_LOG_S."""
+        error, now = failed[0], time.monotonic()
+        last = self._failures_logged.get(error.code())
+        if last is not None and now - last < FAILURE_LOG_S:
+            return
+        self._failures_logged[error.code()] = now
+        log.warning(
+            "publish failed",
+            extra={
+                "error": error.name(),
+                "reason": error.str(),
+                "retriable": error.retriable(),
+                "records": len(failed),
+                "failing_partitions": self._client.deliveries.failing(now, STUCK_AFTER_S),
+            },
+        )
 
     async def _send_all(
         self, client: _Client, records: Sequence[RawRecord]
@@ -166,13 +199,22 @@ class Publisher:
         return pending
 
     async def _working_client(self) -> _Client:
-        """The producer, replaced first if librdkafka declared it failed for good (an
-        idempotence error it cannot recover from), so that no process restart is needed."""
-        if self._client.errors.fatal is not None:
-            failed, self._client = self._client, self._new_client()
-            log.warning("Kafka producer replaced", extra={"error": str(failed.errors.fatal)})
-            await failed.close(0)
+        """The producer, replaced first if librdkafka declared it failed for good, or if a
+        partition's deliveries keep failing (`deliveries.py`), so that no process restart is
+        needed."""
+        now, client = time.monotonic(), self._client
+        stuck = client.deliveries.stuck(now, STUCK_AFTER_S)
+        if client.errors.fatal is not None:
+            await self._replace(str(client.errors.fatal), [])
+        elif stuck and now - self._replaced_at >= STUCK_AFTER_S / 3:
+            await self._replace("partitions keep failing", stuck)
         return self._client
+
+    async def _replace(self, why: str, partitions: list[int]) -> None:
+        failed, self._client = self._client, self._new_client()
+        self._replaced_at = time.monotonic()
+        log.warning("Kafka producer replaced", extra={"error": why, "partitions": partitions})
+        await failed.close(0)
 
     async def close(self) -> None:
         """Deliver what the broker takes within the publish timeout, then free the producer."""
@@ -187,8 +229,12 @@ class Publisher:
             raise DependencyUnavailable(f"cannot reach Kafka: {exc.args[0]}") from exc
 
     async def ready(self) -> bool:
-        """Whether the broker answers a metadata request for our topic now."""
-        producer = (await self._working_client()).producer
+        """Whether the broker answers a metadata request for our topic now, and no partition's
+        latest delivery (within STUCK_AFTER_S) failed."""
+        client = await self._working_client()
+        if client.deliveries.failing(time.monotonic(), STUCK_AFTER_S):
+            return False
+        producer = client.producer
         try:
             async with asyncio.timeout(READY_TIMEOUT_S + 0.5):
                 metadata = await asyncio.to_thread(
