@@ -5,6 +5,7 @@ their futures directly (measured: cheaper than a polling thread handing them ove
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -130,9 +131,11 @@ class Publisher:
         topic: str,
         timeout_s: float,
         max_record_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES,
+        stuck_after_s: float = STUCK_AFTER_S,
     ) -> None:
         self._new_client, self._client = new_client, new_client()
         self._topic, self._timeout_s = topic, timeout_s
+        self._stuck_after_s = stuck_after_s
         self.max_record_bytes = max_record_bytes
         self._replaced_at = time.monotonic()
         self._failures_logged: dict[int, float] = {}
@@ -179,7 +182,7 @@ class Publisher:
                 "reason": error.str(),
                 "retriable": error.retriable(),
                 "records": len(failed),
-                "failing_partitions": self._client.deliveries.failing(now, STUCK_AFTER_S),
+                "failing_partitions": self._client.deliveries.failing(now, self._stuck_after_s),
             },
         )
 
@@ -203,10 +206,10 @@ class Publisher:
         partition's deliveries keep failing (`deliveries.py`), so that no process restart is
         needed."""
         now, client = time.monotonic(), self._client
-        stuck = client.deliveries.stuck(now, STUCK_AFTER_S)
+        stuck = client.deliveries.stuck(now, self._stuck_after_s)
         if client.errors.fatal is not None:
             await self._replace(str(client.errors.fatal), [])
-        elif stuck and now - self._replaced_at >= STUCK_AFTER_S / 3:
+        elif stuck and now - self._replaced_at >= self._stuck_after_s / 3:
             await self._replace("partitions keep failing", stuck)
         return self._client
 
@@ -232,7 +235,7 @@ class Publisher:
         """Whether the broker answers a metadata request for our topic now, and no partition's
         latest delivery (within STUCK_AFTER_S) failed."""
         client = await self._working_client()
-        if client.deliveries.failing(time.monotonic(), STUCK_AFTER_S):
+        if client.deliveries.failing(time.monotonic(), self._stuck_after_s):
             return False
         producer = client.producer
         try:
@@ -248,7 +251,12 @@ class Publisher:
 
 @asynccontextmanager
 async def publisher(
-    bootstrap: str, topic: str, *, timeout_s: float, linger_ms: int
+    bootstrap: str,
+    topic: str,
+    *,
+    timeout_s: float,
+    linger_ms: int,
+    stuck_after_s: float = STUCK_AFTER_S,
 ) -> AsyncIterator[Publisher]:
     """A started producer for the life of the API process, sized to the topic's record limit
     (`max.message.bytes`, read once here); fails fast when Kafka does not answer."""
@@ -257,7 +265,8 @@ async def publisher(
     config = producer_config(
         max_record_bytes=max_record_bytes, timeout_s=timeout_s, linger_ms=linger_ms
     )
-    pub = Publisher(lambda: _Client(bootstrap, config), topic, timeout_s, max_record_bytes)
+    new_client = functools.partial(_Client, bootstrap, config)
+    pub = Publisher(new_client, topic, timeout_s, max_record_bytes, stuck_after_s)
     try:
         await pub.first_metadata(max(timeout_s, 5.0))
         log.info("raw topic record limit", extra={"topic": topic, "max_bytes": max_record_bytes})

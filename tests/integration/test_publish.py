@@ -3,6 +3,7 @@ librdkafka declares failed, and a broker that is gone (no hang, no 202, bounded 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -10,6 +11,13 @@ from contextlib import AsyncExitStack
 
 import pytest
 from confluent_kafka import KafkaError
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from devstack.kafka import local_broker
 from devstack.proc import free_port
@@ -17,7 +25,7 @@ from devstack.topics import ensure_topics
 from ingest_worker.core.config import Settings
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.raw import RawRecord
-from ingest_worker.shim.publish import publisher
+from ingest_worker.shim.publish import Publisher, publisher
 from tests.integration.conftest import RUN_ID, NewTopicFactory
 from tests.integration.kafka_read import read_topic
 from tests.partitioning import java_partition
@@ -62,6 +70,57 @@ async def test_a_failed_producer_is_replaced_without_a_restart(
     replaced = [r for r in caplog.records if r.getMessage() == "Kafka producer replaced"]
     assert len(replaced) == 1
     assert "OUT_OF_ORDER_SEQUENCE_NUMBER" in replaced[0].__dict__["error"]
+
+
+async def test_a_partition_that_keeps_failing_gets_a_new_producer(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the broker refuses a partition's records (here: the topic's record limit drops
+    below any batch), /readyz's Kafka check says no and each failure is logged with its
+    error; once the partition has failed without a break for the bound, the next publish
+    runs on a new producer, which publishes once the broker takes records again."""
+    topic = await new_topic(partitions=1)
+    caplog.set_level(logging.WARNING, "ingest_worker.shim.publish")
+    async with publisher(
+        kafka_bootstrap, topic, timeout_s=1.0, linger_ms=1, stuck_after_s=2.0
+    ) as pub:
+        await pub.publish([record(b"7:a")])
+        first = pub._client
+        await _set_topic(kafka_bootstrap, topic, "max.message.bytes", "50")
+        await _until_refused(pub)
+        assert not await pub.ready()
+        deadline = time.monotonic() + 6.0  # the bound is 2 s
+        while pub._client is first and time.monotonic() < deadline:
+            with pytest.raises(DependencyUnavailable):
+                await pub.publish([record(b"7:refused")])
+            await asyncio.sleep(0.2)
+        await _set_topic(kafka_bootstrap, topic, "max.message.bytes", "1048588")
+        await pub.publish([record(b"7:b")])
+        assert pub._client is not first
+        assert await pub.ready()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "publish failed" in messages
+    replaced = [r for r in caplog.records if r.getMessage() == "Kafka producer replaced"]
+    assert [r.__dict__["partitions"] for r in replaced] == [[0]]
+
+
+async def _until_refused(pub: Publisher) -> None:
+    """Publish until the broker refuses (a topic's new setting takes a moment to apply)."""
+    for _ in range(20):
+        try:
+            await pub.publish([record(b"7:refused")])
+        except DependencyUnavailable:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError("the broker kept taking records")
+
+
+async def _set_topic(bootstrap: str, topic: str, name: str, value: str) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    entry = ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    for done in admin.incremental_alter_configs([resource]).values():
+        await asyncio.wrap_future(done)
 
 
 async def test_no_broker_at_start_fails_fast() -> None:
