@@ -28,8 +28,8 @@ run: venv
 	INGEST_LOG_FORMAT=$${INGEST_LOG_FORMAT:-console} $(BIN)/python -m devstack
 
 lint: venv
-	$(BIN)/ruff check ingest_worker devstack tests bench
-	$(BIN)/ruff format --check ingest_worker devstack tests bench
+	$(BIN)/ruff check ingest_worker devstack tests bench soak
+	$(BIN)/ruff format --check ingest_worker devstack tests bench soak
 	$(BIN)/mypy
 
 test: lint

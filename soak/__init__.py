@@ -1,0 +1,1 @@
+"""The chaos soak: drive events through the stack while faults are injected, then verify."""
