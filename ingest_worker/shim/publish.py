@@ -32,11 +32,13 @@ IDLE_POLL_S = 1.0
 READY_TIMEOUT_S = 2.0
 # Pause before retrying a record that found librdkafka's local queue full.
 QUEUE_FULL_PAUSE_S = 0.005
-# A partition whose deliveries have all failed this long gets a new producer (at most one per
-# this long): librdkafka's idempotent producer can stay failed on a partition after a broker
-# died with its records in flight (see deliveries.py). And readiness stays down while any
-# partition's last delivery, within this long, failed.
+# A partition whose deliveries have all failed this long gets a new producer (deliveries.py);
+# while failures go on, each further replacement waits twice as long, up to MAX_REPLACE_S.
 STUCK_AFTER_S = 15.0
+MAX_REPLACE_S = 300.0
+# A replaced producer's records in flight get this long beyond the publish timeout to settle
+# before it is purged and freed.
+RETIRE_GRACE_S = 2.0
 # The same publish failure is logged again after this.
 FAILURE_LOG_S = 10.0
 
@@ -65,11 +67,11 @@ class _Client:
     flight (each delivery report settles its record's future), else every IDLE_POLL_S for
     librdkafka's error reports. Nothing else polls it, so no callback runs on another thread."""
 
-    def __init__(self, bootstrap: str, config: dict[str, Any]) -> None:
+    def __init__(self, bootstrap: str, config: dict[str, Any], deliveries: Deliveries) -> None:
         self.errors = rdkafka.ErrorLog(log)
         options = rdkafka.config(bootstrap, "ingest-worker-api", self.errors)
         self.producer = Producer({**options, **config})
-        self.deliveries = Deliveries()  # this producer's own: a new one starts clean
+        self.deliveries = deliveries  # the publisher's, across its producers
         self._loop = asyncio.get_running_loop()
         self._pump: asyncio.Task[None] | None = None
         self._idle = self._loop.create_task(self._poll_idle())
@@ -116,8 +118,11 @@ class _Client:
         left = len(self.producer)
         if left:
             log.warning("records not acknowledged at shutdown", extra={"count": left})
-            self.producer.purge()
-            self.producer.poll(0)
+            self.producer.purge()  # in flight: purged by librdkafka's broker threads, later
+            deadline = time.monotonic() + RETIRE_GRACE_S
+            while len(self.producer) and time.monotonic() < deadline:
+                await asyncio.sleep(PUMP_S)
+                self.producer.poll(0)
         if len(self.producer) == 0:  # else close() would wait for them without a bound
             await asyncio.to_thread(self.producer.close)
 
@@ -127,18 +132,21 @@ class Publisher:
 
     def __init__(
         self,
-        new_client: Callable[[], _Client],
+        new_client: Callable[[Deliveries], _Client],
         topic: str,
         timeout_s: float,
         max_record_bytes: int = limits.DEFAULT_MAX_MESSAGE_BYTES,
         stuck_after_s: float = STUCK_AFTER_S,
     ) -> None:
-        self._new_client, self._client = new_client, new_client()
+        # Failures count as recent for two publish timeouts: a sender retrying after each
+        # 503 brings the next one in time.
+        self.deliveries = Deliveries(stale_s=max(2 * timeout_s, 5.0))
+        self._new_client, self._client = new_client, new_client(self.deliveries)
         self._topic, self._timeout_s = topic, timeout_s
-        self._stuck_after_s = stuck_after_s
+        self._stuck_after_s = self._replace_after_s = stuck_after_s
         self.max_record_bytes = max_record_bytes
-        self._replaced_at = time.monotonic()
-        self._failures_logged: dict[int, float] = {}
+        self._failures_logged: dict[int | str, float] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def oversize(self, record: RawRecord) -> int | None:
         """The record's size when the topic cannot take it (it would fail on every retry),
@@ -149,7 +157,7 @@ class Publisher:
     async def publish(self, records: Sequence[RawRecord]) -> None:
         """Send all records (batched together); raise DependencyUnavailable on any failure or
         when the broker has not acknowledged within the timeout."""
-        client = await self._working_client()
+        client = self._working_client()
         try:
             async with asyncio.timeout(self._timeout_s):
                 pending = await self._send_all(client, records)
@@ -158,31 +166,34 @@ class Publisher:
                 else:
                     errors = await asyncio.gather(*pending)
         except TimeoutError as exc:
+            self._log_failure("TIMED_OUT", f"no acknowledgement within {self._timeout_s} s")
             raise DependencyUnavailable(
                 f"Kafka did not acknowledge within {self._timeout_s} s"
             ) from exc
-        except KafkaException as exc:
-            raise DependencyUnavailable(f"Kafka refused the record: {exc.args[0]}") from exc
+        except (KafkaException, RuntimeError) as exc:  # RuntimeError: replaced and freed
+            raise DependencyUnavailable(f"Kafka refused the record: {exc}") from exc
         failed = [error for error in errors if error is not None]
         if failed:
-            self._log_failure(failed)
+            self._log_failure(failed[0].name(), failed[0].str(), len(failed))
             raise DependencyUnavailable(f"Kafka did not acknowledge: {failed[0]}")
+        if not self.deliveries.failing(time.monotonic(), self.deliveries.stale_s):
+            self._replace_after_s = self._stuck_after_s  # all well again
 
-    def _log_failure(self, failed: list[KafkaError]) -> None:
-        """Say why records were not acknowledged: once per error code every FAILURE_LOG_S."""
-        error, now = failed[0], time.monotonic()
-        last = self._failures_logged.get(error.code())
+    def _log_failure(self, error: str, reason: str, records: int = 0) -> None:
+        """Say why records were not acknowledged: once per error every FAILURE_LOG_S."""
+        now = time.monotonic()
+        last = self._failures_logged.get(error)
         if last is not None and now - last < FAILURE_LOG_S:
             return
-        self._failures_logged[error.code()] = now
+        self._failures_logged[error] = now
+        failing = self.deliveries.failing(now, self.deliveries.stale_s)
         log.warning(
             "publish failed",
             extra={
-                "error": error.name(),
-                "reason": error.str(),
-                "retriable": error.retriable(),
-                "records": len(failed),
-                "failing_partitions": self._client.deliveries.failing(now, self._stuck_after_s),
+                "error": error,
+                "reason": reason,
+                "records": records,
+                "failing_partitions": failing,
             },
         )
 
@@ -201,27 +212,32 @@ class Publisher:
                     await asyncio.sleep(QUEUE_FULL_PAUSE_S)
         return pending
 
-    async def _working_client(self) -> _Client:
+    def _working_client(self) -> _Client:
         """The producer, replaced first if librdkafka declared it failed for good, or if a
         partition's deliveries keep failing (`deliveries.py`), so that no process restart is
-        needed."""
+        needed. The swap is immediate; the old one finishes its records in flight meanwhile."""
         now, client = time.monotonic(), self._client
-        stuck = client.deliveries.stuck(now, self._stuck_after_s)
         if client.errors.fatal is not None:
-            await self._replace(str(client.errors.fatal), [])
-        elif stuck and now - self._replaced_at >= self._stuck_after_s / 3:
-            await self._replace("partitions keep failing", stuck)
+            self._replace(str(client.errors.fatal), [], now)
+        elif stuck := self.deliveries.stuck(now, self._replace_after_s):
+            self._replace("partitions keep failing", stuck, now)
+            self._replace_after_s = min(2 * self._replace_after_s, MAX_REPLACE_S)
         return self._client
 
-    async def _replace(self, why: str, partitions: list[int]) -> None:
-        failed, self._client = self._client, self._new_client()
-        self._replaced_at = time.monotonic()
+    def _replace(self, why: str, partitions: list[int], now: float) -> None:
+        retired, self._client = self._client, self._new_client(self.deliveries)
+        self.deliveries.restarted(now)
         log.warning("Kafka producer replaced", extra={"error": why, "partitions": partitions})
-        await failed.close(0)
+        task = asyncio.get_running_loop().create_task(retired.close(self._timeout_s))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
-        """Deliver what the broker takes within the publish timeout, then free the producer."""
+        """Deliver what the broker takes within the publish timeout, then free the producers
+        (this one and any being retired)."""
         await self._client.close(self._timeout_s)
+        if self._retiring:
+            await asyncio.wait(self._retiring, timeout=self._timeout_s + RETIRE_GRACE_S)
 
     async def first_metadata(self, timeout_s: float) -> None:
         """Fail fast when the broker does not answer, and learn the topic's partitions before
@@ -232,18 +248,21 @@ class Publisher:
             raise DependencyUnavailable(f"cannot reach Kafka: {exc.args[0]}") from exc
 
     async def ready(self) -> bool:
-        """Whether the broker answers a metadata request for our topic now, and no partition's
-        latest delivery (within STUCK_AFTER_S) failed."""
-        client = await self._working_client()
-        if client.deliveries.failing(time.monotonic(), self._stuck_after_s):
+        """Whether publishing works as far as is known: the producer is not failed for good,
+        no partition's latest delivery failed lately (a new producer inherits what still
+        fails until it succeeds there), and the broker answers a metadata request for the
+        topic now. It changes nothing: replacing a producer is for publishes."""
+        client = self._client
+        if client.errors.fatal is not None:
             return False
-        producer = client.producer
+        if self.deliveries.failing(time.monotonic(), self.deliveries.stale_s):
+            return False
         try:
             async with asyncio.timeout(READY_TIMEOUT_S + 0.5):
                 metadata = await asyncio.to_thread(
-                    producer.list_topics, self._topic, READY_TIMEOUT_S
+                    client.producer.list_topics, self._topic, READY_TIMEOUT_S
                 )
-        except (KafkaException, TimeoutError):
+        except (KafkaException, TimeoutError, RuntimeError):  # RuntimeError: replaced, freed
             return False
         found = metadata.topics.get(self._topic)
         return found is not None and found.error is None and bool(found.partitions)

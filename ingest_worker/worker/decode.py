@@ -156,7 +156,12 @@ def _parsed(
 def _times(body: dict[str, Any], received_at: str | None, record_ms: int) -> tuple[int, int]:
     """(event timestamp in µs, received-at in ms), both within what every reader holds; the
     record's own timestamp stands in for a missing received-at."""
-    timestamp_us = timestamp_micros(body["timestamp"])  # in range: the shape checked
+    try:  # the shape checked its form and range; a parse failure is still a rejection
+        timestamp_us = timestamp_micros(body["timestamp"])
+    except ValueError as exc:
+        raise _Reject(
+            400, "invalid_request", str(exc), [FieldError("timestamp", str(exc))]
+        ) from exc
     return timestamp_us, _received_at(received_at, record_ms)
 
 

@@ -23,7 +23,7 @@ PARTITIONS = 6
 # After the cluster is whole again, every partition takes events within this long.
 RECOVERY_S = 30.0
 DOWN_S = 8.0  # how long a killed node stays down
-REPORT_GRACE_S = 0.5
+REPORT_GRACE_S = 1.5  # a 503 may beat the delivery report that records its failure
 
 
 @dataclass
@@ -84,9 +84,19 @@ async def _load(
 
 async def _probe(client: httpx.AsyncClient, seen: Seen) -> None:
     while True:
+        asked = time.monotonic()  # it judges as of the request, then asks the broker
         answer = await client.get("/readyz")
-        seen.ready.append((time.monotonic(), answer.status_code))
+        seen.ready.append((asked, answer.status_code))
         await asyncio.sleep(0.25)
+
+
+async def _until_ready(client: httpx.AsyncClient) -> None:
+    """Ready again once the failures it saw are settled (a success, or their age)."""
+    for _ in range(60):
+        if (await client.get("/readyz")).status_code == 200:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError("/readyz never said ready again")
 
 
 async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -150,8 +160,7 @@ async def test_every_partition_takes_events_again_after_each_node_restarts(
                 )
 
         await _running([*loads, asyncio.create_task(_probe(client, seen))], roll_all())
-        final = await client.get("/readyz")
-    assert final.status_code == 200, final.text
+        await _until_ready(client)
     for partition in range(PARTITIONS):
         for start, end in seen.failing_windows(partition):
             lied = [t for t, status in seen.ready if start <= t <= end and status == 200]

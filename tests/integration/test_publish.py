@@ -11,13 +11,6 @@ from contextlib import AsyncExitStack
 
 import pytest
 from confluent_kafka import KafkaError
-from confluent_kafka.admin import (
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
 
 from devstack.kafka import local_broker
 from devstack.proc import free_port
@@ -26,6 +19,7 @@ from ingest_worker.core.config import Settings
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.raw import RawRecord
 from ingest_worker.shim.publish import Publisher, publisher
+from tests.integration.broker_faults import frozen
 from tests.integration.conftest import RUN_ID, NewTopicFactory
 from tests.integration.kafka_read import read_topic
 from tests.partitioning import java_partition
@@ -73,54 +67,45 @@ async def test_a_failed_producer_is_replaced_without_a_restart(
 
 
 async def test_a_partition_that_keeps_failing_gets_a_new_producer(
-    kafka_bootstrap: str, new_topic: NewTopicFactory, caplog: pytest.LogCaptureFixture
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """While the broker refuses a partition's records (here: the topic's record limit drops
-    below any batch), /readyz's Kafka check says no and each failure is logged with its
-    error; once the partition has failed without a break for the bound, the next publish
-    runs on a new producer, which publishes once the broker takes records again."""
-    topic = await new_topic(partitions=1)
+    """While the broker does not answer (its JVM stopped), failed publishes are logged and
+    /readyz's Kafka check says no; once the partition has failed without a break for the
+    bound, the next publish runs on a new producer, and once the broker answers again it
+    publishes and the API is ready again. The broker is this test's own."""
+    work = (settings.stack_dir / "test-runs" / RUN_ID / f"publish-stuck-{free_port()}").resolve()
     caplog.set_level(logging.WARNING, "ingest_worker.shim.publish")
-    async with publisher(
-        kafka_bootstrap, topic, timeout_s=1.0, linger_ms=1, stuck_after_s=2.0
-    ) as pub:
-        await pub.publish([record(b"7:a")])
-        first = pub._client
-        await _set_topic(kafka_bootstrap, topic, "max.message.bytes", "50")
-        await _until_refused(pub)
-        assert not await pub.ready()
-        deadline = time.monotonic() + 6.0  # the bound is 2 s
-        while pub._client is first and time.monotonic() < deadline:
-            with pytest.raises(DependencyUnavailable):
-                await pub.publish([record(b"7:refused")])
-            await asyncio.sleep(0.2)
-        await _set_topic(kafka_bootstrap, topic, "max.message.bytes", "1048588")
-        await pub.publish([record(b"7:b")])
-        assert pub._client is not first
-        assert await pub.ready()
+    with local_broker(work, (settings.stack_dir / "cache").resolve()) as bootstrap:
+        await ensure_topics(bootstrap, settings, partitions=1)
+        async with publisher(
+            bootstrap, settings.raw_topic, timeout_s=1.0, linger_ms=1, stuck_after_s=2.0
+        ) as pub:
+            await pub.publish([record(b"7:a")])
+            first = pub._client
+            with frozen(work):
+                deadline = time.monotonic() + 10.0  # the bound is 2 s
+                while pub._client is first and time.monotonic() < deadline:
+                    with pytest.raises(DependencyUnavailable):
+                        await pub.publish([record(b"7:refused")])
+                    assert not await pub.ready()
+            assert pub._client is not first
+            await _until_published(pub)
+            assert await pub.ready()
     messages = [r.getMessage() for r in caplog.records]
     assert "publish failed" in messages
     replaced = [r for r in caplog.records if r.getMessage() == "Kafka producer replaced"]
-    assert [r.__dict__["partitions"] for r in replaced] == [[0]]
+    assert [r.__dict__["error"] for r in replaced] == ["partitions keep failing"]
 
 
-async def _until_refused(pub: Publisher) -> None:
-    """Publish until the broker refuses (a topic's new setting takes a moment to apply)."""
-    for _ in range(20):
+async def _until_published(pub: Publisher) -> None:
+    """Publish until the broker takes it (a thawed broker takes a moment to answer)."""
+    for _ in range(40):
         try:
-            await pub.publish([record(b"7:refused")])
-        except DependencyUnavailable:
+            await pub.publish([record(b"7:after")])
             return
-        await asyncio.sleep(0.5)
-    raise AssertionError("the broker kept taking records")
-
-
-async def _set_topic(bootstrap: str, topic: str, name: str, value: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    entry = ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
-    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
-    for done in admin.incremental_alter_configs([resource]).values():
-        await asyncio.wrap_future(done)
+        except DependencyUnavailable:
+            await asyncio.sleep(0.5)
+    raise AssertionError("the broker never took records again")
 
 
 async def test_no_broker_at_start_fails_fast() -> None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from ingest_worker.core.metrics import WorkerMetrics
 from ingest_worker.worker.loop import running
 from ingest_worker.worker.sink import Sink, TransactionFailed
 from tests.integration.apiserver import running_api
+from tests.integration.broker_faults import frozen
 from tests.integration.conftest import RUN_ID
 from tests.integration.kafka_read import partitions_of
 from tests.integration.pipeline_env import fresh_settings
@@ -152,18 +150,6 @@ async def test_a_commit_stuck_past_its_bound_gets_a_new_producer(
     assert counts == {1: len(ids)}, counts
 
 
-@contextmanager
-def _frozen(work: Path) -> Iterator[None]:
-    """The broker's JVM stopped (SIGSTOP): connections hang, nothing is answered, like a
-    partitioned or stalled broker; it resumes (SIGCONT) on exit."""
-    pattern = str(work / "server.properties")
-    subprocess.run(["pkill", "-STOP", "-f", pattern], check=True)
-    try:
-        yield
-    finally:
-        subprocess.run(["pkill", "-CONT", "-f", pattern], check=True)
-
-
 async def _stable_offsets(bootstrap: str, topics: list[str]) -> dict[str, tuple[int, int]]:
     """Per partition, (last stable offset, high watermark): a gap that stays means a
     transaction left open."""
@@ -202,7 +188,7 @@ async def test_kafka_outage_mid_stream_loses_and_duplicates_nothing(
             ids = await import_events(client, integration_id, events)
         with worker_process(own, bootstrap, api_database, log) as worker:
             await until_some_output(bootstrap, own, at_least=300)
-            with _frozen(work):
+            with frozen(work):
                 await until_logged(log, "batch put back")
                 await until_logged(log, "cannot resume from the committed offsets yet")
             found = await outputs_by_id(bootstrap, own, ids, timeout_s=180)
