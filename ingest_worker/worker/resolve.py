@@ -1,8 +1,9 @@
 """Device resolution's SQL, one batched round: which device each event names is decided
 before (core/plan.py: `integration_device_id`, then `device_external_id`, then the event
 type's template, with no fallback between steps). External ids of a batch are
-de-duplicated, sorted (so concurrent batches lock rows in the same order), inserted with
-`ON CONFLICT DO NOTHING` and read back: however many replicas race, one row per id.
+de-duplicated and read; the missing ones are inserted in sorted order (so concurrent batches
+lock rows in the same order) with `ON CONFLICT DO NOTHING` and read back: however many
+replicas race, one row per id.
 """
 
 from __future__ import annotations
@@ -64,14 +65,32 @@ async def external_devices(
 ) -> Found:
     """Find or create a device per (integration id, external id); `wanted` maps each to the
     event that creates it if missing. Integrations deleted meanwhile get no device. With
-    `max_auto`, an integration gets new devices only up to that many auto-created ones."""
+    `max_auto`, an integration gets new devices only up to that many auto-created ones.
+
+    Existing devices are read first and only the missing ones inserted: once an
+    integration's devices exist, a batch writes nothing for them (an upsert of a row that
+    exists still costs an index probe, a speculative insertion and a lock per row)."""
     if not wanted:
         return Found({}, set())
-    allowed, refused = dict(wanted), set[tuple[int, str]]()
+    found = await _read_external(conn, sorted(wanted))
+    missing = {k: v for k, v in wanted.items() if k not in found}
+    if not missing:
+        return Found(found, set())
+    allowed, refused = missing, set[tuple[int, str]]()
     if max_auto > 0:
-        refused = await _over_cap(conn, wanted, max_auto)
-        allowed = {k: v for k, v in wanted.items() if k not in refused}
+        refused = await _over_cap(conn, missing, max_auto)
+        allowed = {k: v for k, v in missing.items() if k not in refused}
+    await _insert_external(conn, allowed)
+    found.update(await _read_external(conn, sorted(missing)))
+    return Found(found, refused)
+
+
+async def _insert_external(conn: Conn, allowed: dict[tuple[int, str], str]) -> None:
+    """Insert the devices in key order (concurrent batches lock rows in the same order); a
+    row another replica made meanwhile is left as it is."""
     keys = sorted(allowed)
+    if not keys:
+        return
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             """
@@ -90,7 +109,6 @@ async def external_devices(
                 [allowed[k] for k in keys],
             ),
         )
-    return Found(await _read_external(conn, sorted(wanted)), refused)
 
 
 async def _read_external(conn: Conn, keys: list[tuple[int, str]]) -> dict[tuple[int, str], Device]:
