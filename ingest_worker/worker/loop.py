@@ -12,7 +12,6 @@ librdkafka's blocking consumer calls run on one thread of their own.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 import operator
@@ -42,6 +41,7 @@ from ingest_worker.worker.decode import Headers
 from ingest_worker.worker.offsets import Offsets, Partition, Unsettled
 from ingest_worker.worker.pipeline import InRecord, Policy, Topics
 from ingest_worker.worker.sink import Sink, producer_config
+from ingest_worker.worker.threads import DaemonThread
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Worker:
         )
         self.offsets = Offsets()
         self.storing = pipeline.Storing()
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, "kafka-consumer")
+        self._thread = DaemonThread("kafka-consumer")
         self._committing: asyncio.Future[None] | None = None
         self._committing_offsets: dict[Partition, int] = {}
         self._commit_started = 0.0
@@ -261,7 +261,7 @@ class Worker:
     ) -> bool:
         """Put a batch's outputs in the open transaction; False if it had to be put back."""
         try:
-            await self.sink.ensure()
+            await self._ensure_sink()
             self.sink.send(outcome.records)
         except DependencyUnavailable as exc:
             await self._recover("kafka", exc)
@@ -308,15 +308,24 @@ class Worker:
 
     async def _outcome(self, committing: asyncio.Future[None]) -> None:
         """A commit's outcome, waited for within the bound of its calls (send the offsets,
-        commit, abort). librdkafka has been seen to hold a call past its timeout while the
-        broker was frozen: then the sink is given up (its producer is fenced by the next
-        one, which settles the transaction) and a fresh one takes over."""
+        commit, abort)."""
+        await self._bounded(committing, "commit")
+
+    async def _ensure_sink(self) -> None:
+        """A producer ready for transactions, started within the same bound."""
+        await self._bounded(asyncio.ensure_future(self.sink.ensure()), "producer start")
+
+    async def _bounded(self, call: asyncio.Future[None], what: str) -> None:
+        """Wait for a call on the sink's thread within the bound of its librdkafka calls.
+        librdkafka has been seen to hold a call past its timeout while a broker was frozen
+        or restarting: then the sink is given up (its producer is fenced by the next one,
+        which settles the transaction) and a fresh one takes over."""
         try:
-            await asyncio.wait_for(asyncio.shield(committing), self._stuck_after_s)
+            await asyncio.wait_for(asyncio.shield(call), self._stuck_after_s)
         except TimeoutError:
-            log.warning("commit stuck past its bound; producer replaced")
+            log.warning("Kafka call stuck past its bound; producer replaced", extra={"call": what})
             self.sink = self.sink.successor()
-            raise DependencyUnavailable("the commit did not return") from None
+            raise DependencyUnavailable(f"the {what} did not return") from None
 
     async def finish(self) -> None:
         """On the way out: settle the commit in flight and commit what is processed."""
@@ -351,7 +360,7 @@ class Worker:
         failure, back off and let the loop poll again: the consumer only rejoins its group
         while it is polled."""
         try:
-            await self.sink.ensure()
+            await self._ensure_sink()
             points = await self.on_consumer(self._rewind_blocking)
         except (DependencyUnavailable, KafkaException, Unsettled) as err:
             self._failures += 1

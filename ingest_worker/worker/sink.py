@@ -26,6 +26,7 @@ from ingest_worker.core import rdkafka
 from ingest_worker.core.encode import OutRecord
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.worker.offsets import Partition
+from ingest_worker.worker.threads import DaemonThread
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Sink:
         self._open = False
         self._serial = 0  # of the transaction begun last
         self._lock = threading.Lock()
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, "kafka-producer")
+        self._thread = DaemonThread("kafka-producer")
         self._committing: concurrent.futures.Future[None] | None = None
 
     async def ensure(self) -> None:
