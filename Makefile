@@ -15,6 +15,7 @@ help:
 	@echo "make test   lint, then the whole test suite against real Kafka and PostgreSQL"
 	@echo "make lint   ruff and mypy --strict"
 	@echo "make bench  API requests/s, worker events/s, event list latency, each against a baseline"
+	@echo "make soak   chaos soak: 200,000 events under faults, verified exactly once (SOAK_EVENTS, SOAK_SEED)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +54,8 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .local .mypy_cache .pytest_cache .ruff_cache
+
+# The chaos soak: results in .local/soak/<time>/ and in README.md's soak section.
+.PHONY: soak
+soak: venv
+	$(BIN)/python -m soak --events $${SOAK_EVENTS:-200000} --seed $${SOAK_SEED:-1} --readme README.md
