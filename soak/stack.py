@@ -264,10 +264,14 @@ class GroupLag:
     group is open (or stuck), the broker does not say, and neither does this."""
 
     def __init__(self, bootstrap: str, group: str, topic: str) -> None:
-        self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
-        )
+        self._config: dict[str, str | bool] = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+        self._consumer = Consumer(self._config)
         self._partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        self.last_error: str | None = None
 
     def behind(self) -> int | None:
         """Records not yet committed, over every partition; None while the broker does not
@@ -283,8 +287,15 @@ class GroupLag:
             for tp in committed:
                 low, high = self._consumer.get_watermark_offsets(tp, timeout=KAFKA_TIMEOUT_S)
                 found[tp.partition] = high - (tp.offset if tp.offset >= 0 else low)
-        except KafkaException:
+        except KafkaException as exc:
+            # A consumer whose coordinator was on a killed node may not find its way back:
+            # say why, and ask with a fresh one next time.
+            self.last_error = str(exc)
+            log.warning("group lag unknown", extra={"error": self.last_error})
+            self._consumer.close()
+            self._consumer = Consumer(self._config)
             return None
+        self.last_error = None
         return found
 
     def close(self) -> None:
@@ -328,7 +339,7 @@ class Stack:
         while await self.behind() != 0:
             if time.monotonic() > deadline:
                 found = await asyncio.to_thread(self.lag.by_partition)
-                what = "offsets unstable: a transaction holds them" if found is None else found
+                what = f"unknown ({self.lag.last_error})" if found is None else found
                 self.problems.add(f"the group did not drain in {timeout_s}s: behind {what}")
                 self.keep_broker_logs()
                 return False

@@ -72,6 +72,7 @@ class _Client:
         options = rdkafka.config(bootstrap, "ingest-worker-api", self.errors)
         self.producer = Producer({**options, **config})
         self.deliveries = deliveries  # the publisher's, across its producers
+        self.current = True  # a retired one's late reports are of records sent before
         self._loop = asyncio.get_running_loop()
         self._pump: asyncio.Task[None] | None = None
         self._idle = self._loop.create_task(self._poll_idle())
@@ -83,7 +84,8 @@ class _Client:
         deliveries = self.deliveries
 
         def delivered(error: KafkaError | None, message: Message) -> None:
-            deliveries.delivered(cast(int, message.partition()), error, time.monotonic())
+            if self.current:
+                deliveries.delivered(cast(int, message.partition()), error, time.monotonic())
             if not future.done():  # else its publish gave up
                 future.set_result(error)
 
@@ -226,6 +228,7 @@ class Publisher:
 
     def _replace(self, why: str, partitions: list[int], now: float) -> None:
         retired, self._client = self._client, self._new_client(self.deliveries)
+        retired.current = False
         self.deliveries.restarted(now)
         log.warning("Kafka producer replaced", extra={"error": why, "partitions": partitions})
         task = asyncio.get_running_loop().create_task(retired.close(self._timeout_s))

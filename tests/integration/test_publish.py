@@ -90,11 +90,20 @@ async def test_a_partition_that_keeps_failing_gets_a_new_producer(
                     assert not await pub.ready()
             assert pub._client is not first
             await _until_published(pub)
-            assert await pub.ready()
+            assert await _until_ready(pub)
     messages = [r.getMessage() for r in caplog.records]
     assert "publish failed" in messages
     replaced = [r for r in caplog.records if r.getMessage() == "Kafka producer replaced"]
     assert [r.__dict__["error"] for r in replaced] == ["partitions keep failing"]
+
+
+async def _until_ready(pub: Publisher) -> bool:
+    """Ready within a few seconds of publishing again."""
+    for _ in range(20):
+        if await pub.ready():
+            return True
+        await asyncio.sleep(0.5)
+    return False
 
 
 async def _until_published(pub: Publisher) -> None:

@@ -18,24 +18,11 @@ from confluent_kafka import Producer
 from soak.ledger import Sent, append
 from soak.verify import SCHEMA_PATH, load_schema, verify
 from tests.integration.conftest import RUN_ID, NewTopicFactory
+from tests.unit.test_soak_verify import sent
 
 
 def _sent(event_id: str, integration_id: int, **given: Any) -> Sent:
-    fields: dict[str, Any] = {
-        "id": event_id,
-        "channel": "http",
-        "op": "create",
-        "integration_id": integration_id,
-        "order_key": None,
-        "seq": 0,
-        "expect": "accepted",
-        "code": None,
-        "external_id": None,
-        "new_device": False,
-        "attempts": 1,
-        "acked": True,
-    }
-    return Sent(**(fields | given))
+    return sent(event_id, integration_id=integration_id, **given)
 
 
 def _accepted(event_id: str, integration_id: int, device: str, **given: Any) -> bytes:
