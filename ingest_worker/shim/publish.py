@@ -43,6 +43,8 @@ RETIRE_GRACE_S = 2.0
 FAILURE_LOG_S = 10.0
 
 _Headers = list[tuple[str, str | bytes | None]]
+# What a record acknowledged only after its publish timed out counts as for its partition.
+LATE = KafkaError(KafkaError._TIMED_OUT, "acknowledged after the publish timed out")
 
 
 def producer_config(*, max_record_bytes: int, timeout_s: float, linger_ms: int) -> dict[str, Any]:
@@ -84,8 +86,9 @@ class _Client:
         deliveries = self.deliveries
 
         def delivered(error: KafkaError | None, message: Message) -> None:
-            if self.current:
-                deliveries.delivered(cast(int, message.partition()), error, time.monotonic())
+            if self.current:  # acknowledged after its publish gave up: failed, to the caller
+                late = error or (LATE if future.done() else None)
+                deliveries.delivered(cast(int, message.partition()), late, time.monotonic())
             if not future.done():  # else its publish gave up
                 future.set_result(error)
 

@@ -24,6 +24,7 @@ PARTITIONS = 6
 RECOVERY_S = 30.0
 DOWN_S = 8.0  # how long a killed node stays down
 REPORT_GRACE_S = 1.5  # a 503 may beat the delivery report that records its failure
+ANSWER_GRACE_S = 0.5  # a success is reported to the shim just before its 202 is answered
 
 
 @dataclass
@@ -34,16 +35,16 @@ class Seen:
     ready: list[tuple[float, int]] = field(default_factory=list)
 
     def failing_windows(self, partition: int) -> list[tuple[float, float]]:
-        """Spans from a failed publish to the partition's next accepted one (from a moment
-        after the failure: the answer may beat the delivery report that records it)."""
+        """Spans from a failed publish to the partition's next accepted one, each end moved
+        in by what separates the answer from the delivery report the shim goes by."""
         windows, failed_at = [], None
         for t, p, status, _ in self.posts:
             if p != partition:
                 continue
             if status != 202 and failed_at is None:
                 failed_at = t
-            elif status == 202 and failed_at is not None:
-                windows.append((failed_at + REPORT_GRACE_S, t))
+            elif status == 202 and failed_at is not None:  # its report came before the 202
+                windows.append((failed_at + REPORT_GRACE_S, t - ANSWER_GRACE_S))
                 failed_at = None
         return windows
 
