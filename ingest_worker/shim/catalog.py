@@ -144,7 +144,9 @@ class Catalog:
         )
         old = self._types.get(integration_id)
         found = Types(rows is not None, self._compile(rows or [], old), now)
-        if epoch == self._types_epoch:
+        # An integration that does not exist is not remembered: one created a moment later
+        # would be refused until its change notification arrived.
+        if epoch == self._types_epoch and rows is not None:
             self._types[integration_id] = found
         return found
 

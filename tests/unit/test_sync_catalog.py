@@ -229,6 +229,16 @@ async def test_an_integration_gone_from_the_database_is_404() -> None:
     assert (raised.value.status, raised.value.code) == (404, "not_found")
 
 
+async def test_an_integration_created_after_a_miss_is_found_at_once() -> None:
+    """A miss is not remembered: an integration created a moment after someone asked for its
+    id is found before its change notification arrives."""
+    catalog, source, _, _ = make()
+    with pytest.raises(Problem):
+        await refusal(catalog, 3, event(), 100)
+    source.rows[3] = [_row(5, 1, "string")]
+    assert await code(catalog, event(), integration_id=3) is None
+
+
 async def test_unreachable_postgres_passes_events_unchecked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
