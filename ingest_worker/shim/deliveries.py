@@ -52,14 +52,14 @@ class Deliveries:
             self.failing_since[partition] = now
         self.last_failure[partition] = now
 
-    def failing(self, now: float, recent_s: float) -> list[int]:
-        """Partitions whose last delivery failed, within `recent_s` (older: nothing was sent
+    def failing(self, now: float) -> list[int]:
+        """Partitions whose last delivery failed, within `stale_s` (older: nothing was sent
         there since, and nothing is known)."""
-        return sorted(p for p, at in self.last_failure.items() if now - at <= recent_s)
+        return sorted(p for p, at in self.last_failure.items() if now - at <= self.stale_s)
 
     def stuck(self, now: float, after_s: float) -> list[int]:
         """Partitions failing without a break for `after_s`, and still failing lately."""
-        failing = self.failing(now, self.stale_s)
+        failing = self.failing(now)
         return [p for p in failing if now - self.failing_since[p] >= after_s]
 
     def restarted(self, now: float) -> None:

@@ -150,7 +150,7 @@ class Publisher:
         self._topic, self._timeout_s = topic, timeout_s
         self._stuck_after_s = self._replace_after_s = stuck_after_s
         self.max_record_bytes = max_record_bytes
-        self._failures_logged: dict[int | str, float] = {}
+        self._failures_logged: dict[str, float] = {}
         self._retiring: set[asyncio.Task[None]] = set()
 
     def oversize(self, record: RawRecord) -> int | None:
@@ -181,7 +181,7 @@ class Publisher:
         if failed:
             self._log_failure(failed[0].name(), failed[0].str(), len(failed))
             raise DependencyUnavailable(f"Kafka did not acknowledge: {failed[0]}")
-        if not self.deliveries.failing(time.monotonic(), self.deliveries.stale_s):
+        if not self.deliveries.failing(time.monotonic()):
             self._replace_after_s = self._stuck_after_s  # all well again
 
     def _log_failure(self, error: str, reason: str, records: int = 0) -> None:
@@ -191,7 +191,7 @@ class Publisher:
         if last is not None and now - last < FAILURE_LOG_S:
             return
         self._failures_logged[error] = now
-        failing = self.deliveries.failing(now, self.deliveries.stale_s)
+        failing = self.deliveries.failing(now)
         log.warning(
             "publish failed",
             extra={
@@ -261,7 +261,7 @@ class Publisher:
         client = self._client
         if client.errors.fatal is not None:
             return False
-        if self.deliveries.failing(time.monotonic(), self.deliveries.stale_s):
+        if self.deliveries.failing(time.monotonic()):
             return False
         try:
             async with asyncio.timeout(READY_TIMEOUT_S + 0.5):

@@ -15,7 +15,7 @@ def test_a_success_clears_a_partitions_failures() -> None:
     d = Deliveries(stale_s=10)
     d.delivered(1, TIMED_OUT, 0.0)
     d.delivered(1, None, 1.0)
-    assert d.failing(1.0, 10) == []
+    assert d.failing(1.0) == []
     assert d.stuck(100.0, 15) == []
 
 
@@ -24,7 +24,7 @@ def test_a_partition_failing_without_a_break_is_stuck_after_the_bound() -> None:
     for t in range(0, 16):
         d.delivered(2, TIMED_OUT, float(t))
         d.delivered(3, None, float(t))
-    assert d.failing(15.0, 10) == [2]
+    assert d.failing(15.0) == [2]
     assert d.stuck(14.0, 15) == []
     assert d.stuck(15.0, 15) == [2]
 
@@ -34,8 +34,8 @@ def test_a_failure_nobody_followed_up_is_forgotten() -> None:
     unready nor gets the producer replaced."""
     d = Deliveries(stale_s=10)
     d.delivered(0, TIMED_OUT, 0.0)
-    assert d.failing(10.0, 10) == [0]
-    assert d.failing(10.1, 10) == []
+    assert d.failing(10.0) == [0]
+    assert d.failing(10.1) == []
     assert d.stuck(40.0, 15) == []
 
 
@@ -53,7 +53,7 @@ def test_a_failure_long_after_the_last_starts_a_new_run() -> None:
 def test_a_records_own_fault_says_nothing_of_its_partition() -> None:
     d = Deliveries(stale_s=10)
     d.delivered(4, TOO_LARGE, 0.0)
-    assert d.failing(0.0, 10) == []
+    assert d.failing(0.0) == []
 
 
 def test_any_success_settles_records_never_placed_on_a_partition() -> None:
@@ -62,7 +62,7 @@ def test_any_success_settles_records_never_placed_on_a_partition() -> None:
     d = Deliveries(stale_s=10)
     d.delivered(UNASSIGNED, TIMED_OUT, 0.0)
     d.delivered(0, None, 1.0)
-    assert d.failing(1.0, 10) == []
+    assert d.failing(1.0) == []
 
 
 def test_a_new_producer_inherits_what_fails_but_gets_the_whole_bound() -> None:
@@ -71,7 +71,7 @@ def test_a_new_producer_inherits_what_fails_but_gets_the_whole_bound() -> None:
         d.delivered(5, TIMED_OUT, float(t))
     assert d.stuck(15.0, 15) == [5]
     d.restarted(15.0)
-    assert d.failing(15.0, 10) == [5]  # still not ready
+    assert d.failing(15.0) == [5]  # still not ready
     assert d.stuck(16.0, 15) == []
     for t in range(16, 32, 2):
         d.delivered(5, TIMED_OUT, float(t))
