@@ -50,6 +50,7 @@ from ingest_worker.shim.problems import (
     record_too_large,
     record_too_large_message,
 )
+from ingest_worker.shim.publish import PublishFailed
 
 RETRY_AFTER_UNAVAILABLE_S = 2
 # Status counted (never sent) for a request whose client left before its body arrived.
@@ -316,11 +317,21 @@ async def publish(d: Deps, records: list[RawRecord], what: str = "event") -> Non
         raise Problem(
             503,
             "kafka_unavailable",
-            f"the {what} could not be made durable; retry",
+            unavailable_detail(what, exc),
             retry_after_s=RETRY_AFTER_UNAVAILABLE_S,
         ) from exc
     d.metrics.publish_seconds.observe(time.perf_counter() - started)
     d.metrics.published.inc(len(records))
+
+
+def unavailable_detail(what: str, exc: DependencyUnavailable) -> str:
+    """What a 503 tells of the records' fate."""
+    if isinstance(exc, PublishFailed) and exc.written is False:
+        return f"the {what} was not written (Kafka did not take it); retry"
+    return (
+        f"the {what} may or may not have been written (Kafka did not confirm it in time); "
+        "retry with the same Idempotency-Key"
+    )
 
 
 def now_ms() -> int:

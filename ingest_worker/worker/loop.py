@@ -35,13 +35,13 @@ from ingest_worker.core.errors import ConfigError, DependencyUnavailable
 from ingest_worker.core.limits import max_message_bytes
 from ingest_worker.core.metrics import CONTENT_TYPE, WorkerMetrics
 from ingest_worker.core.rejections import Source
+from ingest_worker.core.threads import DaemonThread
 from ingest_worker.worker import pipeline, resolve, store
 from ingest_worker.worker.catalog import Catalog, follow_changes
 from ingest_worker.worker.decode import Headers
 from ingest_worker.worker.offsets import Offsets, Partition, Unsettled
 from ingest_worker.worker.pipeline import InRecord, Policy, Topics
 from ingest_worker.worker.sink import Sink, producer_config
-from ingest_worker.worker.threads import DaemonThread
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,25 @@ T = TypeVar("T")
 MIN_OUTPUT_RECORD_BYTES = 4096
 PURGE_INTERVAL_S = 60.0
 PARTITIONS_INTERVAL_S = 3600.0  # the coming days' partitions exist days ahead
+
+
+def consume(
+    consumer: Consumer, count: int, timeout_s: float
+) -> tuple[list[Message], dict[Partition, int]]:
+    """Up to `count` messages, and the consumer's position right after them in each of their
+    partitions: the next offset it would return, past the transaction markers and aborted
+    records it skipped (librdkafka moves its position over them). Every message returned is
+    processed before the next poll, so the position is safe to commit with them."""
+    messages = consumer.consume(count, timeout_s)
+    polled = {(m.topic(), m.partition()) for m in messages if m.error() is None}
+    if not polled:
+        return messages, {}
+    found = consumer.position([TopicPartition(t, p) for t, p in polled if t and p is not None])
+    return messages, {
+        Partition(tp.topic, tp.partition): tp.offset
+        for tp in found
+        if tp.error is None and tp.offset >= 0
+    }
 
 
 def backoff_s(attempt: int, cap_s: float, jitter: float) -> float:
@@ -182,7 +201,7 @@ class Worker:
 
     async def step(self) -> None:
         """One poll: process what came, queue it, commit when the interval is up."""
-        messages = await self._poll()
+        messages, positions = await self._poll()
         records, last = self._fresh(messages)
         started = time.perf_counter()
         try:
@@ -193,7 +212,7 @@ class Worker:
         if not await self._settled():
             return
         if outcome is not None:
-            if not await self._queue(last, len(records), outcome):
+            if not await self._queue(last, len(records), outcome, positions):
                 return
             self._observe(last, outcome, time.perf_counter() - started)
         if self.offsets.due(
@@ -204,16 +223,17 @@ class Worker:
         ):
             await self._commit_soon()
 
-    async def _poll(self) -> list[Message]:
-        """The next messages. After a failure or a rebalance, every assigned partition is
-        first sought back to its committed offset; what is polled until then is dropped (it
-        comes again). The consumer is polled meanwhile all the same: it only rejoins its
-        group while it is polled."""
+    async def _poll(self) -> tuple[list[Message], dict[Partition, int]]:
+        """The next messages, and their partitions' positions after them. After a failure or
+        a rebalance, every assigned partition is first sought back to its committed offset;
+        what is polled until then is dropped (it comes again). The consumer is polled
+        meanwhile all the same: it only rejoins its group while it is polled."""
         if self._resume_needed:
             await self._resume()
-        messages = await self.on_consumer(
+        messages, positions = await self.on_consumer(
             functools.partial(
-                self.consumer.consume,
+                consume,
+                self.consumer,
                 self.settings.worker_batch_max_records,
                 self.settings.worker_poll_timeout_ms / 1000,
             )
@@ -222,7 +242,7 @@ class Worker:
             self._rebalanced = False  # the rebalance may still come with this poll
             self.offsets.reassigned()
             self._resume_needed = True
-        return [] if self._resume_needed else messages
+        return ([], {}) if self._resume_needed else (messages, positions)
 
     async def process(self, records: list[InRecord]) -> pipeline.Outcome:
         """One output record per input record, in order."""
@@ -257,7 +277,11 @@ class Worker:
         log.warning("kafka consumer error", extra={"error": str(error)})
 
     async def _queue(
-        self, last: dict[Partition, int], count: int, outcome: pipeline.Outcome
+        self,
+        last: dict[Partition, int],
+        count: int,
+        outcome: pipeline.Outcome,
+        positions: dict[Partition, int],
     ) -> bool:
         """Put a batch's outputs in the open transaction; False if it had to be put back."""
         try:
@@ -266,7 +290,7 @@ class Worker:
         except DependencyUnavailable as exc:
             await self._recover("kafka", exc)
             return False
-        self.offsets.processed(last, count, time.monotonic())
+        self.offsets.processed(last, count, time.monotonic(), positions)
         return True
 
     async def _commit_soon(self) -> None:
@@ -435,12 +459,13 @@ class Worker:
         self.metrics.batch_records.observe(len(outcome.records))
         self.metrics.batch_seconds.observe(elapsed_s)
         for tp, offset in last.items():
+            resume = self.offsets.next.get(tp, offset + 1)  # past a trailing commit marker
             with suppress(KafkaException):
                 _, high = self.consumer.get_watermark_offsets(
                     TopicPartition(tp.topic, tp.partition), cached=True
                 )
                 if high >= 0:
-                    self.metrics.lag.labels(str(tp.partition)).set(max(0, high - offset - 1))
+                    self.metrics.lag.labels(str(tp.partition)).set(max(0, high - resume))
 
     async def close(self) -> None:
         """Leave the group (within the timeout) and stop the consumer's thread."""

@@ -36,10 +36,21 @@ class Offsets:
         expected = self.next.get(tp)
         return expected is None or offset >= expected
 
-    def processed(self, last: Mapping[Partition, int], count: int, now: float) -> None:
-        """A batch's outputs are in the open transaction: `last` offset per partition."""
+    def processed(
+        self,
+        last: Mapping[Partition, int],
+        count: int,
+        now: float,
+        positions: Mapping[Partition, int] | None = None,
+    ) -> None:
+        """A batch's outputs are in the open transaction: `last` offset per partition, and
+        the consumer's position there just after the poll that returned them. A position
+        beyond the last record is past what the consumer skipped after it (a transaction's
+        commit marker, an aborted transaction's records): the partition resumes there, so
+        the committed offset reaches the end of the partition and its lag can be 0."""
+        positions = positions or {}
         for tp, offset in last.items():
-            self.next[tp] = self.pending[tp] = offset + 1
+            self.next[tp] = self.pending[tp] = max(offset + 1, positions.get(tp, -1))
         self.pending_records += count
         if self.opened_at is None:
             self.opened_at = now

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from devstack.postgres import local_postgres
 from devstack.proc import free_port
@@ -215,3 +216,41 @@ def _kill_postgres(work: Path) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.05)
+
+
+async def test_the_group_reaches_the_end_of_transactional_input(env: Pipeline) -> None:
+    """The API publishes in Kafka transactions, so each raw partition ends with a commit
+    marker the consumer skips. Once the events are out, the group's committed offsets reach
+    the end of every raw partition (lag 0, as a lag-based autoscaler expects), not one short
+    of it."""
+    integration_id, type_id = await integration_with_type(env.client, TEMPLATE_SCHEMA, None)
+    path = f"/v1/integrations/{integration_id}/events"
+    ids = []
+    for n in range(12):
+        body = event_body(type_id, {"store": "s"}, device_external_id=f"lag-{n}")
+        ids.append((await env.client.post(path, json=body)).json()["event_id"])
+    await env.outputs(ids)
+    behind: dict[int, int] = {}
+    for _ in range(60):
+        behind = await asyncio.to_thread(_group_lag, env.bootstrap, env.settings)
+        if behind and not any(behind.values()):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"committed offsets short of the end: {behind}")
+
+
+def _group_lag(bootstrap: str, settings: Settings) -> dict[int, int]:
+    """End offset minus the group's committed offset, per raw partition that holds records."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.group_id})
+    try:
+        topic = settings.raw_topic
+        partitions = consumer.list_topics(topic, 10).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], 10)
+        lag = {}
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(tp, 10)
+            if high > 0:
+                lag[tp.partition] = high - max(tp.offset, 0)
+        return lag
+    finally:
+        consumer.close()

@@ -85,6 +85,19 @@ def test_offsets_drop_replays_and_commit_by_time_or_size() -> None:
     assert offsets.pending == {}
 
 
+def test_offsets_resume_past_what_the_consumer_skipped() -> None:
+    """A consumer position beyond a partition's last record (a commit marker or an aborted
+    transaction skipped after it) is where the partition resumes and what is committed, so a
+    transactional producer upstream leaves no lag of 1; a position not beyond it changes
+    nothing, nor does one of a partition without records in the batch."""
+    offsets, a, b, c = Offsets(), Partition("raw", 0), Partition("raw", 1), Partition("raw", 2)
+    offsets.processed({a: 9, b: 4}, 15, now=100.0, positions={a: 11, b: 3, c: 50})
+    assert offsets.take_pending() == {a: 11, b: 5}
+    assert not offsets.fresh(a, 10)
+    assert offsets.fresh(a, 11)
+    assert c not in offsets.next
+
+
 def test_resume_points_never_believe_a_broker_behind_what_it_holds() -> None:
     """After a failed transaction every partition resumes from the broker's committed offset,
     or from the beginning where it holds none (as a new group would); an answer below an
