@@ -1,13 +1,12 @@
-"""What the raw topic's partitions answered the shim lately. Pure: the publisher feeds it
-delivery reports (each record's, for a partition's own health) or the answers it gave (for
-readiness), and asks it which partitions fail, and whether one fails for so long that its
-producer should be replaced.
+"""What the raw topic's partitions answered the shim's producer lately. Pure: the producer's
+delivery reports feed it; the publisher asks it whether to replace the producer and whether
+the API is ready.
 
 A partition that keeps failing while the broker should take its records calls for a new
-producer: librdkafka recovers from almost everything by itself, and declares what it cannot
-fatal, but the cost of missing a state it cannot leave is an API that needs a restart. So a
-partition failing without a break for long enough gets one, whatever the reason, with a
-growing pause between replacements (`Publisher`)."""
+producer: librdkafka's idempotent producer recovers from almost everything by itself (epoch
+bumps), and declares what it cannot fatal, but the cost of missing a state it cannot leave is
+an API that needs a restart. So a partition failing without a break for long enough gets one,
+whatever the reason, with a growing pause between replacements (`Publisher`)."""
 
 from __future__ import annotations
 

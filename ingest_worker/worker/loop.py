@@ -35,13 +35,13 @@ from ingest_worker.core.errors import ConfigError, DependencyUnavailable
 from ingest_worker.core.limits import max_message_bytes
 from ingest_worker.core.metrics import CONTENT_TYPE, WorkerMetrics
 from ingest_worker.core.rejections import Source
-from ingest_worker.core.threads import DaemonThread
 from ingest_worker.worker import pipeline, resolve, store
 from ingest_worker.worker.catalog import Catalog, follow_changes
 from ingest_worker.worker.decode import Headers
 from ingest_worker.worker.offsets import Offsets, Partition, Unsettled
 from ingest_worker.worker.pipeline import InRecord, Policy, Topics
 from ingest_worker.worker.sink import Sink, producer_config
+from ingest_worker.worker.threads import DaemonThread
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from ingest_worker.core import rdkafka
 from ingest_worker.core.encode import OutRecord
 from ingest_worker.core.errors import DependencyUnavailable
-from ingest_worker.core.threads import DaemonThread
 from ingest_worker.worker.offsets import Partition
+from ingest_worker.worker.threads import DaemonThread
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import httpx
 from devstack.kafka import Cluster
 from devstack.topics import ensure_topics
 from ingest_worker.core.config import Settings
-from ingest_worker.core.partition import java_partition
 from tests.integration.apiserver import running_api
 from tests.integration.kafka_read import header, read_topics
 from tests.integration.pipeline_env import fresh_settings
 from tests.integration.worker_env import TEMPLATE_SCHEMA, event_body, integration_with_type
+from tests.partitioning import java_partition
 
 PARTITIONS = 6
 # After the cluster is whole again, every partition takes events within this long.

@@ -8,13 +8,15 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from contextlib import suppress
 from pathlib import Path
 
 import httpx
+import orjson
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from devstack.postgres import local_postgres
 from devstack.proc import free_port
@@ -219,16 +221,13 @@ def _kill_postgres(work: Path) -> None:
 
 
 async def test_the_group_reaches_the_end_of_transactional_input(env: Pipeline) -> None:
-    """The API publishes in Kafka transactions, so each raw partition ends with a commit
-    marker the consumer skips. Once the events are out, the group's committed offsets reach
-    the end of every raw partition (lag 0, as a lag-based autoscaler expects), not one short
-    of it."""
+    """A gateway producing to the raw topic in Kafka transactions leaves a commit marker at
+    the end of each partition, which the consumer skips. Once the events are out, the group's
+    committed offsets reach the end of every raw partition (lag 0, as a lag-based autoscaler
+    expects), not one short of it."""
     integration_id, type_id = await integration_with_type(env.client, TEMPLATE_SCHEMA, None)
-    path = f"/v1/integrations/{integration_id}/events"
-    ids = []
-    for n in range(12):
-        body = event_body(type_id, {"store": "s"}, device_external_id=f"lag-{n}")
-        ids.append((await env.client.post(path, json=body)).json()["event_id"])
+    ids = [str(uuid.uuid4()) for _ in range(12)]
+    await asyncio.to_thread(_produce_in_a_transaction, env, integration_id, type_id, ids)
     await env.outputs(ids)
     behind: dict[int, int] = {}
     for _ in range(60):
@@ -237,6 +236,25 @@ async def test_the_group_reaches_the_end_of_transactional_input(env: Pipeline) -
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"committed offsets short of the end: {behind}")
+
+
+def _produce_in_a_transaction(
+    env: Pipeline, integration_id: int, type_id: int, event_ids: list[str]
+) -> None:
+    producer = Producer(
+        {"bootstrap.servers": env.bootstrap, "transactional.id": f"gateway-{uuid.uuid4()}"}
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for n, event_id in enumerate(event_ids):
+        body = event_body(type_id, {"store": "s"}, device_external_id=f"lag-{n}")
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("integration-id", str(integration_id)),
+            ("event-id", event_id),
+        ]
+        key = f"{integration_id}:lag-{n}".encode()
+        producer.produce(env.settings.raw_topic, orjson.dumps(body), key, headers=headers)
+    producer.commit_transaction(30)
 
 
 def _group_lag(bootstrap: str, settings: Settings) -> dict[int, int]:

@@ -10,8 +10,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ingest_worker.core import rdkafka
 from ingest_worker.core.logs import _not_a_connection_failure
-from ingest_worker.core.partition import java_partition, murmur2
 from ingest_worker.shim.publish import producer_config
+from tests.partitioning import java_partition, murmur2
 
 # Kafka's own test vectors for Utils.murmur2 (clients/src/test/.../UtilsTest.java).
 JAVA_MURMUR2 = {
@@ -81,22 +81,19 @@ def test_connection_failures_are_left_to_the_error_callback() -> None:
 
 
 def test_shim_producer_settings() -> None:
-    """acks=all, idempotent, Java's murmur2 partitioning, sizes from the topic's limit (within
-    librdkafka's bounds), records that fail well before their publish gives up (so their
-    transaction is aborted while the caller waits), and transactions no longer than that."""
+    """acks=all, each record sent once (no idempotent producer, no librdkafka retries: see
+    publish.py), Java's murmur2 partitioning, sizes from the topic's limit (within
+    librdkafka's bounds) and records that fail once their publish has given up."""
     small = producer_config(max_record_bytes=20_000, timeout_s=2.0, linger_ms=1)
     assert small["acks"] == "all"
-    assert small["enable.idempotence"] is True
+    assert (small["enable.idempotence"], small["retries"]) == (False, 0)
     assert small["partitioner"] == "murmur2_random"
     assert (small["message.max.bytes"], small["batch.size"]) == (20_000, 20_000)
-    assert (small["message.timeout.ms"], small["transaction.timeout.ms"]) == (1200, 2200)
+    assert small["message.timeout.ms"] == 2000
     big = producer_config(max_record_bytes=8_388_608, timeout_s=5.0, linger_ms=5)
     assert (big["message.max.bytes"], big["batch.size"]) == (8_388_608, 512 * 1024)
     tiny = producer_config(max_record_bytes=500, timeout_s=0.1, linger_ms=0)
     assert (tiny["message.max.bytes"], tiny["message.timeout.ms"]) == (1000, 1000)
-    assert tiny["transaction.timeout.ms"] == 2000
-    default = producer_config(max_record_bytes=500, timeout_s=5.0, linger_ms=0)
-    assert (default["message.timeout.ms"], default["transaction.timeout.ms"]) == (3000, 5000)
 
 
 def test_librdkafka_accepts_the_shim_producer_settings() -> None:
@@ -104,8 +101,7 @@ def test_librdkafka_accepts_the_shim_producer_settings() -> None:
     the client is made (no broker needed; this one's address answers nothing)."""
     config = producer_config(max_record_bytes=1_048_588, timeout_s=5.0, linger_ms=1)
     errors = rdkafka.ErrorLog(logging.getLogger("test.kafka"))
-    options = {**rdkafka.config("127.0.0.1:9", "test", errors), **config}
-    producer = Producer({**options, "transactional.id": "test"})
+    producer = Producer({**rdkafka.config("127.0.0.1:9", "test", errors), **config})
     producer.purge()
     assert producer.close()
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from ingest_worker.core.threads import DaemonThread
+from ingest_worker.worker.threads import DaemonThread
 
 
 def test_calls_run_in_order_and_errors_reach_the_caller() -> None:
@@ -32,7 +32,7 @@ def test_a_stuck_call_does_not_keep_the_process_from_exiting() -> None:
     script = textwrap.dedent(
         """
         import threading
-        from ingest_worker.core.threads import DaemonThread
+        from ingest_worker.worker.threads import DaemonThread
         thread = DaemonThread("stuck")
         thread.submit(threading.Event().wait)
         thread.shutdown(wait=False)

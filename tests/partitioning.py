@@ -1,7 +1,5 @@
 """Kafka's Java default partitioner for keyed records, written out from its source
-(`Utils.murmur2`, `toPositive(hash) % partitions`). Our producers leave placement to
-librdkafka's `murmur2_random`, which must agree with it (tested); the API uses it to tell, before
-publishing, which partition a record will go to."""
+(`Utils.murmur2`, `toPositive(hash) % partitions`): the reference our producers must match."""
 
 from __future__ import annotations
 
