@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ingest_worker.core import rdkafka
 from ingest_worker.core.logs import _not_a_connection_failure
-from ingest_worker.shim.publish import producer_config
+from ingest_worker.shim.publish import NOT_APPENDED, Sent, producer_config
 from tests.partitioning import java_partition, murmur2
 
 # Kafka's own test vectors for Utils.murmur2 (clients/src/test/.../UtilsTest.java).
@@ -116,3 +116,16 @@ def test_reference_partitioner_matches_kafka() -> None:
     for partitions in (1, 3, 6, 7):
         expected = [java_partition(key, partitions) for key in keys]
         assert [confluent_kafka.murmur2(key, partitions) for key in keys] == expected
+
+
+def test_a_publish_says_not_written_only_when_nothing_can_be_in_the_log() -> None:
+    """Nothing sent, or every record refused before it was appended: not written. A record
+    acknowledged, or records on their way when the publish gave up: unknown. Only the
+    broker's refusals made before appending are sent again."""
+    assert Sent().written() is False
+    assert Sent(acknowledged=True).written() is None
+    assert Sent(in_flight=True).written() is None
+    assert KafkaError.NOT_ENOUGH_REPLICAS in NOT_APPENDED
+    assert KafkaError.NOT_LEADER_FOR_PARTITION in NOT_APPENDED
+    assert KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND not in NOT_APPENDED
+    assert KafkaError._MSG_TIMED_OUT not in NOT_APPENDED
