@@ -3,10 +3,10 @@ delivery reports feed it; the publisher asks it whether to replace the producer 
 the API is ready.
 
 A partition that keeps failing while the broker should take its records calls for a new
-producer: librdkafka's idempotent producer recovers from almost everything by itself (epoch
-bumps), and declares what it cannot fatal, but the cost of missing a state it cannot leave is
-an API that needs a restart. So a partition failing without a break for long enough gets one,
-whatever the reason, with a growing pause between replacements (`Publisher`)."""
+producer: librdkafka recovers from almost everything by itself, and declares what it cannot
+fatal, but the cost of missing a state it cannot leave is an API that needs a restart. So a
+partition failing without a break for long enough gets one, whatever the reason, with a
+growing pause between replacements (`Publisher`)."""
 
 from __future__ import annotations
 

@@ -329,7 +329,7 @@ def unavailable_detail(what: str, exc: DependencyUnavailable) -> str:
     if isinstance(exc, PublishFailed) and exc.written is False:
         return f"the {what} was not written (Kafka did not take it); retry"
     return (
-        f"the {what} may or may not have been written (Kafka did not confirm it in time); "
+        f"the {what} may or may not have been written (Kafka did not confirm it); "
         "retry with the same Idempotency-Key"
     )
 
