@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import random
 import signal
 import socket
 import stat
@@ -20,24 +21,55 @@ from ingest_worker.core.errors import StackError
 _PR_SET_PDEATHSIG = 1
 
 
+# Where the kernel's ephemeral ports start when /proc does not say (Linux's default).
+EPHEMERAL_LOW = 32768
+# Ports picked for servers come from just below the ephemeral range, at least this one.
+LOWEST_PICKED = 10000
+PICK_TRIES = 100
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports: each socket stays bound until all are picked, so the kernel
-    cannot hand out one port twice (as separate `free_port` calls may)."""
+    """`count` distinct free ports, from below the kernel's ephemeral range where it leaves
+    room: a port from that range can be given to an outgoing connection (a Kafka client's)
+    between being picked and being bound by its server. Each socket stays bound until all
+    are picked, so no port is handed out twice."""
     with ExitStack() as held:
         socks = [
             held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             for _ in range(count)
         ]
+        candidates = _below_ephemeral()
         for sock in socks:
-            sock.bind(("127.0.0.1", 0))
+            _bind_one(sock, candidates)
         return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _below_ephemeral() -> list[int]:
+    """Ports below the ephemeral range, shuffled (empty when the range starts too low)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        low = EPHEMERAL_LOW
+    ports = list(range(max(LOWEST_PICKED, low - 12000), low))
+    random.shuffle(ports)
+    return ports
+
+
+def _bind_one(sock: socket.socket, candidates: list[int]) -> None:
+    """Bind to a free candidate, or to one the kernel picks when none of a few is free."""
+    for _ in range(min(PICK_TRIES, len(candidates))):
+        try:
+            sock.bind(("127.0.0.1", candidates.pop()))
+            return
+        except OSError:
+            continue
+    sock.bind(("127.0.0.1", 0))
 
 
 def port_open(port: int) -> bool:

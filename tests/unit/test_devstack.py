@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack import containers, kafka, postgres
+from devstack import containers, kafka, postgres, proc
 from devstack.stack import choose
 
 
@@ -69,3 +69,14 @@ def test_test_servers_trade_durability_for_speed() -> None:
     assert "fsync=off" in fast
     assert "fsync=off" not in safe
     assert safe[:4] == ["-D", "/d", "-p", "5"]
+
+
+def test_picked_ports_are_distinct_free_and_below_the_ephemeral_range() -> None:
+    """Ports for servers come from below the kernel's ephemeral range (which outgoing
+    connections draw from, so one could take a port between its pick and its bind), are
+    distinct, and nothing listens on them."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = proc.free_ports(20)
+    assert len(set(ports)) == 20
+    assert all(port < low for port in ports)
+    assert not any(proc.port_open(port) for port in ports)
