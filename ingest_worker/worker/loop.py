@@ -62,7 +62,10 @@ def consume(
     polled = {(m.topic(), m.partition()) for m in messages if m.error() is None}
     if not polled:
         return messages, {}
-    found = consumer.position([TopicPartition(t, p) for t, p in polled if t and p is not None])
+    try:
+        found = consumer.position([TopicPartition(t, p) for t, p in polled if t and p is not None])
+    except KafkaException:  # positions unknown: the partitions resume after their last record
+        return messages, {}
     return messages, {
         Partition(tp.topic, tp.partition): tp.offset
         for tp in found
