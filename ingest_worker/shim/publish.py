@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from ingest_worker.core import limits, rdkafka
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.raw import RawRecord
-from ingest_worker.shim.deliveries import Deliveries
+from ingest_worker.shim.deliveries import UNASSIGNED, Deliveries
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,9 @@ class _Client:
         def delivered(error: KafkaError | None, message: Message) -> None:
             if self.current:  # acknowledged after its publish gave up: failed, to the caller
                 late = error or (LATE if future.done() else None)
-                deliveries.delivered(cast(int, message.partition()), late, time.monotonic())
+                partition = message.partition()  # None for a record never placed
+                placed = UNASSIGNED if partition is None else partition
+                deliveries.delivered(placed, late, time.monotonic())
             if not future.done():  # else its publish gave up
                 future.set_result(error)
 
