@@ -10,8 +10,6 @@ from devstack import proc
 
 log = logging.getLogger(__name__)
 
-POSTGRES_IMAGE = "postgres:16-alpine"
-
 
 def docker_answers() -> bool:
     """Whether a Docker engine responds to a ping within a few seconds."""
@@ -53,13 +51,14 @@ def kafka_env(port: int) -> dict[str, str]:
 
 
 @contextmanager
-def kafka_container(version: str) -> Iterator[str]:
-    """Run `apache/kafka:<version>`; yield its bootstrap address."""
+def kafka_container(image: str) -> Iterator[str]:
+    """Run a Kafka image (`apache/kafka` or one taking its environment); yield its bootstrap
+    address."""
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
     port = proc.free_port()
-    container = DockerContainer(f"apache/kafka:{version}").with_bind_ports(port, port)
+    container = DockerContainer(image).with_bind_ports(port, port)
     container.with_envs(**kafka_env(port))
     container.waiting_for(LogMessageWaitStrategy("Kafka Server started"))
     with container:
@@ -68,11 +67,11 @@ def kafka_container(version: str) -> Iterator[str]:
 
 
 @contextmanager
-def postgres_container() -> Iterator[str]:
-    """Run the `postgres` image; yield the URL of its `postgres` database."""
+def postgres_container(image: str) -> Iterator[str]:
+    """Run a `postgres` image; yield the URL of its `postgres` database."""
     from testcontainers.community.postgres import PostgresContainer
 
-    with PostgresContainer(POSTGRES_IMAGE, dbname="postgres", driver=None) as container:
+    with PostgresContainer(image, dbname="postgres", driver=None) as container:
         url = container.get_connection_url()
         log.info("postgres container up")
         yield url

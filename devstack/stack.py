@@ -68,18 +68,21 @@ def services(settings: Settings, work_dir: Path, *, durable: bool) -> Iterator[E
     cache, work_dir = (settings.stack_dir / "cache").resolve(), work_dir.resolve()
     with ExitStack() as stack:
         bootstrap = settings.kafka_bootstrap_servers or stack.enter_context(
-            _kafka(kafka_how, work_dir / "kafka", cache, settings.kafka_nodes)
+            _kafka(kafka_how, work_dir / "kafka", cache, settings)
         )
         database_url = settings.database_url or stack.enter_context(
-            _postgres(pg_how, work_dir / "postgres", durable)
+            _postgres(pg_how, work_dir / "postgres", durable, settings.stack_postgres_image)
         )
         yield Endpoints(bootstrap, database_url)
 
 
-def _kafka(how: Provider, work_dir: Path, cache: Path, nodes: int) -> AbstractContextManager[str]:
+def _kafka(
+    how: Provider, work_dir: Path, cache: Path, settings: Settings
+) -> AbstractContextManager[str]:
     if how == "docker":
-        return containers.kafka_container(kafka.kafka_version())
-    if nodes > 1:
+        image = settings.stack_kafka_image or f"apache/kafka:{kafka.kafka_version()}"
+        return containers.kafka_container(image)
+    if settings.kafka_nodes > 1:
         return _cluster_bootstrap(work_dir, cache)
     return kafka.local_broker(work_dir, cache)
 
@@ -91,9 +94,11 @@ def _cluster_bootstrap(work_dir: Path, cache: Path) -> Iterator[str]:
         yield cluster.bootstrap
 
 
-def _postgres(how: Provider, work_dir: Path, durable: bool) -> AbstractContextManager[str]:
+def _postgres(
+    how: Provider, work_dir: Path, durable: bool, image: str
+) -> AbstractContextManager[str]:
     if how == "docker":
-        return containers.postgres_container()
+        return containers.postgres_container(image)
     return postgres.local_postgres(work_dir, durable=durable)
 
 
