@@ -2,7 +2,8 @@
 worker's code. One consumer and ONE transactional producer (KIP-447: the consumer's group
 metadata goes into each transaction). Per poll batch: begin a transaction, re-produce every
 record unchanged (key, value, headers) to `<INGEST_ACCEPTED_TOPIC>.baseline`, send the
-consumer's positions as the group's offsets, commit.
+consumer's positions as the group's offsets, commit. Its producer's retry backoff is the
+worker's (a transaction begun right after a commit is refused for a few ms).
 
     KAFKA_BOOTSTRAP_SERVERS=host:port INGEST_GROUP_ID=g .venv/bin/python bench/baseline_worker.py
 
@@ -31,6 +32,7 @@ from confluent_kafka import (
 )
 
 from ingest_worker.core.config import Settings
+from ingest_worker.worker.sink import TXN_RETRY_BACKOFF_MS
 
 COMMIT_TIMEOUT_S = 30.0
 
@@ -69,7 +71,11 @@ def _consumer(bootstrap: str, settings: Settings) -> Consumer:
 
 def _producer(bootstrap: str, settings: Settings) -> Producer:
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "transactional.id": f"baseline-{settings.group_id}"}
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": f"baseline-{settings.group_id}",
+            "retry.backoff.ms": TXN_RETRY_BACKOFF_MS,  # tuned as the worker's is
+        }
     )
     producer.init_transactions(COMMIT_TIMEOUT_S)
     return producer

@@ -94,7 +94,10 @@ class Settings:
         "INGEST_WORKER_BATCH_MAX_RECORDS", 2000, "Most raw records the worker takes per batch."
     )
     worker_poll_timeout_ms: int = _setting(
-        "INGEST_WORKER_POLL_TIMEOUT_MS", 100, "Longest wait for a batch to fill (ms)."
+        "INGEST_WORKER_POLL_TIMEOUT_MS",
+        100,
+        "Longest a poll waits for a record when none has come (ms); what has come is taken "
+        "at once, up to the batch size.",
     )
     worker_http_port: int = _setting(
         "INGEST_WORKER_HTTP_PORT",
@@ -183,6 +186,16 @@ class Settings:
         "auto",
         "Local stack when endpoints are unset: `auto` (Docker if it answers, else local "
         "processes), `local` or `docker`.",
+    )
+    stack_kafka_image: str | None = _setting(
+        "INGEST_STACK_KAFKA_IMAGE",
+        None,
+        "Kafka image of the `docker` stack mode (default `apache/kafka:<the pom's version>`).",
+    )
+    stack_postgres_image: str = _setting(
+        "INGEST_STACK_POSTGRES_IMAGE",
+        "postgres:16-alpine",
+        "PostgreSQL image of the `docker` stack mode.",
     )
     stack_dir: Path = _setting(
         "INGEST_STACK_DIR",

@@ -57,8 +57,13 @@ def consume(
     """Up to `count` messages, and the consumer's position right after them in each of their
     partitions: the next offset it would return, past the transaction markers and aborted
     records it skipped (librdkafka moves its position over them). Every message returned is
-    processed before the next poll, so the position is safe to commit with them."""
-    messages = consumer.consume(count, timeout_s)
+    processed before the next poll, so the position is safe to commit with them.
+
+    Returns as soon as anything is there, as Kafka's own consumer does: librdkafka's batch
+    call waits out its whole timeout unless `count` messages come, which would hold every
+    record of a moderate stream back by up to the timeout. While a batch is processed and
+    committed, the next one gathers in the consumer's queue, so batches grow with the rate."""
+    messages = ready(consumer, count, timeout_s)
     polled = {(m.topic(), m.partition()) for m in messages if m.error() is None}
     if not polled:
         return messages, {}
@@ -71,6 +76,16 @@ def consume(
         for tp in found
         if tp.error is None and tp.offset >= 0
     }
+
+
+def ready(consumer: Consumer, count: int, timeout_s: float) -> list[Message]:
+    """Up to `count` messages already fetched; if there are none, the first to come within
+    `timeout_s` and whatever came with it."""
+    messages = consumer.consume(count, 0)
+    if messages:
+        return messages
+    first = consumer.consume(1, timeout_s)
+    return first + consumer.consume(count - 1, 0) if first and count > 1 else first
 
 
 def backoff_s(attempt: int, cap_s: float, jitter: float) -> float:
