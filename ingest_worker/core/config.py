@@ -15,6 +15,7 @@ MAX_IDEMPOTENCY_TTL_S = 10 * 365 * 86400.0
 LogFormat = Literal["json", "console"]
 Validation = Literal["sync", "async"]
 Switch = Literal["on", "off"]
+TracingMode = Literal["off", "otlp"]
 # A lone node, or the smallest quorum that outlives the loss of a node.
 KAFKA_NODES = (1, 3)
 
@@ -177,6 +178,12 @@ class Settings:
         "Days a stored event is kept, counted from when it was received; older days of the "
         "store are dropped whole (one partition per day).",
     )
+    tracing: TracingMode = _setting(
+        "INGEST_TRACING",
+        "off",
+        "OpenTelemetry traces: `off`, or `otlp` (a span per request and per record, exported "
+        "to `OTEL_EXPORTER_OTLP_ENDPOINT`; needs the `otel` extra).",
+    )
     log_level: str = _setting("INGEST_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING...).")
     log_format: LogFormat = _setting(
         "INGEST_LOG_FORMAT", "json", "`json` (one object per line) or `console`."
@@ -265,6 +272,7 @@ _LITERALS: dict[str, tuple[str, ...]] = {
     "LogFormat": get_args(LogFormat),
     "Validation": get_args(Validation),
     "Switch": get_args(Switch),
+    "TracingMode": get_args(TracingMode),
 }
 
 

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest_worker.core import supervise
+from ingest_worker.core import supervise, tracing
 from ingest_worker.core.config import Settings
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.metrics import CONTENT_TYPE, ApiMetrics
@@ -38,6 +38,7 @@ from ingest_worker.shim.problems import MEDIA_TYPE, Problem
 from ingest_worker.shim.publish import publisher
 from ingest_worker.shim.ratelimit import RateLimiter
 from ingest_worker.shim.store import Store, pool
+from ingest_worker.shim.traced import TraceRequests
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,17 @@ def build(settings: Settings, endpoints: tuple[str, str] | None = None) -> ASGIA
     if not bootstrap or not database_url:
         raise ValueError("the API needs KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL")
     registry = ApiMetrics()
+    traces = tracing.start(settings.tracing, "ingest-worker-api")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with _resources(settings, bootstrap, database_url, registry) as found:
-            app.state.deps = found
-            yield
+        try:
+            async with _resources(settings, bootstrap, database_url, registry) as found:
+                app.state.deps = found
+                yield
+        finally:
+            if traces is not None:
+                traces.shutdown()
 
     app = Starlette(
         routes=ROUTES,
@@ -174,7 +180,8 @@ def build(settings: Settings, endpoints: tuple[str, str] | None = None) -> ASGIA
             Exception: _on_crash,
         },
     )
-    return ingest.FastIngest(app, MetricsMiddleware(OwnWrites(app), registry), registry)
+    served = ingest.FastIngest(app, MetricsMiddleware(OwnWrites(app), registry), registry)
+    return served if traces is None else TraceRequests(served, traces)
 
 
 @asynccontextmanager

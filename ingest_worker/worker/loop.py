@@ -29,8 +29,9 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ingest_worker.core import rdkafka, supervise
+from ingest_worker.core import rdkafka, supervise, tracing
 from ingest_worker.core.config import Settings
+from ingest_worker.core.encode import OutRecord
 from ingest_worker.core.errors import ConfigError, DependencyUnavailable
 from ingest_worker.core.limits import max_message_bytes
 from ingest_worker.core.metrics import CONTENT_TYPE, WorkerMetrics
@@ -86,6 +87,32 @@ def ready(consumer: Consumer, count: int, timeout_s: float) -> list[Message]:
         return messages
     first = consumer.consume(1, timeout_s)
     return first + consumer.consume(count - 1, 0) if first and count > 1 else first
+
+
+def traced(traces: tracing.Tracing, records: list[InRecord], outputs: list[OutRecord]) -> None:
+    """A span per record (outputs are in input order), the child of its raw record's
+    `traceparent`; an accepted record carries its span's `traceparent` instead."""
+    for record, output in zip(records, outputs, strict=True):
+        span = traces.start(
+            "ingest-worker process",
+            _traceparent(record.headers),
+            server=False,
+            attributes={
+                "messaging.destination.name": output.topic,
+                "messaging.kafka.partition": record.source.partition,
+                "messaging.kafka.offset": record.source.offset,
+            },
+        )
+        own = traces.traceparent(span).encode()
+        output.headers[:] = [(n, own if n == "traceparent" else v) for n, v in output.headers]
+        span.end()
+
+
+def _traceparent(headers: Headers | None) -> str | None:
+    for name, value in headers or ():
+        if name == "traceparent" and value is not None:
+            return value.decode("latin-1")
+    return None
 
 
 def backoff_s(attempt: int, cap_s: float, jitter: float) -> float:
@@ -156,8 +183,10 @@ class Worker:
         catalog: Catalog,
         metrics: WorkerMetrics,
         topics: Topics | None = None,
+        traces: tracing.Tracing | None = None,
     ) -> None:
         self.settings, self.consumer, self.sink = settings, consumer, sink
+        self.traces = traces
         self.pool, self.catalog, self.metrics = pool, catalog, metrics
         self.topics = topics or Topics(settings.accepted_topic, settings.rejected_topic)
         self.policy = Policy(
@@ -230,6 +259,8 @@ class Worker:
         if not await self._settled():
             return
         if outcome is not None:
+            if self.traces is not None:
+                traced(self.traces, records, outcome.records)
             if not await self._queue(last, len(records), outcome, positions):
                 return
             self._observe(last, outcome, time.perf_counter() - started)
@@ -540,8 +571,11 @@ async def running(
             settings.kafka_timeout_s,
         )
         await sink.ensure()
+        traces = tracing.start(settings.tracing, "ingest-worker-worker")
+        if traces is not None:
+            stack.callback(traces.shutdown)
         consumer = Consumer(consumer_config(settings, bootstrap))
-        worker = Worker(settings, consumer, sink, pool, catalog, metrics, topics)
+        worker = Worker(settings, consumer, sink, pool, catalog, metrics, topics, traces)
         stack.push_async_callback(worker.close)  # the consumer, then whichever sink is current
         await worker.on_consumer(worker.subscribe)
         log.info("transactional producer ready", extra={"transactional_id": txn_id})
