@@ -14,7 +14,13 @@ from ingest_worker.core.rdkafka import LIBRDKAFKA_LOGGER
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {
     "message",
     "asctime",
+    "color_message",  # uvicorn's copy of the message with terminal colours
 }
+# uvicorn logs everything but access lines to "uvicorn.error", errors or not.
+_RENAMED = {"uvicorn.error": "uvicorn"}
+# librdkafka lines about states it waits out and retries by itself, as at start-up while the
+# broker's coordinators load: information, not warnings.
+_TRANSIENT = ("retrying", "Coordinator load in progress", "Coordinator not available")
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,7 +34,7 @@ class JsonFormatter(logging.Formatter):
         entry: dict[str, Any] = {
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "logger": record.name,
+            "logger": _RENAMED.get(record.name, record.name),
             "msg": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
@@ -50,13 +56,20 @@ def setup(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     librdkafka = logging.getLogger(LIBRDKAFKA_LOGGER)
     librdkafka.setLevel(max(root.level, logging.WARNING))
-    librdkafka.addFilter(_not_a_connection_failure)
+    librdkafka.addFilter(librdkafka_line)
 
 
-def _not_a_connection_failure(record: logging.LogRecord) -> bool:
-    """librdkafka logs each failed (re)connect, every few milliseconds while a broker is down;
-    the same errors reach our loggers once through the clients' `error_cb`."""
-    return not (isinstance(record.args, tuple) and record.args[:1] == ("FAIL",))
+def librdkafka_line(record: logging.LogRecord) -> bool:
+    """Whether to keep a librdkafka log line, and at what level. Each failed (re)connect is
+    dropped: librdkafka logs one every few milliseconds while a broker is down, and the same
+    errors reach our loggers once through the clients' `error_cb`. A state it retries by
+    itself (a coordinator still loading) is kept at INFO, if INFO is logged."""
+    if isinstance(record.args, tuple) and record.args[:1] == ("FAIL",):
+        return False
+    if record.levelno == logging.WARNING and any(t in record.getMessage() for t in _TRANSIENT):
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return logging.getLogger().isEnabledFor(logging.INFO)
+    return True
 
 
 def _utc(secs: float | None) -> time.struct_time:

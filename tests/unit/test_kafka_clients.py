@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from ingest_worker.core import rdkafka
-from ingest_worker.core.logs import _not_a_connection_failure
+from ingest_worker.core.logs import JsonFormatter, librdkafka_line
 from ingest_worker.shim.publish import NOT_APPENDED, Sent, producer_config
 from tests.partitioning import java_partition, murmur2
 
@@ -72,12 +73,44 @@ def test_error_code_reads_a_kafka_exception() -> None:
 def test_connection_failures_are_left_to_the_error_callback() -> None:
     """librdkafka's FAIL log lines (one per reconnect) are dropped; its other lines pass."""
 
-    def line(facility: str) -> logging.LogRecord:
-        args = (facility, "rdkafka#producer-1", "...")
-        return logging.LogRecord("librdkafka", logging.ERROR, "", 0, "%s [%s] %s", args, None)
+    assert not librdkafka_line(_line("FAIL", logging.ERROR, "Connection refused"))
+    assert librdkafka_line(_line("GETPID", logging.ERROR, "..."))
 
-    assert not _not_a_connection_failure(line("FAIL"))
-    assert _not_a_connection_failure(line("GETPID"))
+
+def _line(facility: str, level: int, text: str) -> logging.LogRecord:
+    args = (facility, "rdkafka#producer-1", text)
+    return logging.LogRecord("librdkafka", level, "", 0, "%s [%s] %s", args, None)
+
+
+def test_a_state_librdkafka_retries_by_itself_is_information(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At start-up the broker's transaction coordinator may still be loading: librdkafka
+    warns and retries. That line is INFO (dropped where INFO is not logged); other warnings
+    stay warnings."""
+    loading = (
+        "[thrd:main]: Failed to acquire transactional PID from broker TxnCoordinator/1: "
+        "Broker: Coordinator load in progress: retrying"
+    )
+    caplog.set_level(logging.INFO)
+    transient = _line("GETPID", logging.WARNING, loading)
+    assert librdkafka_line(transient)
+    assert transient.levelname == "INFO"
+    other = _line("MSGTIMEOUT", logging.WARNING, "3 messages timed out")
+    assert librdkafka_line(other)
+    assert other.levelname == "WARNING"
+    caplog.set_level(logging.WARNING)
+    assert not librdkafka_line(_line("GETPID", logging.WARNING, loading))
+
+
+def test_uvicorns_lines_are_named_uvicorn_and_carry_no_terminal_colours() -> None:
+    """uvicorn logs start-up and shutdown to "uvicorn.error"; a reader must not take them for
+    errors, nor see escape codes in the JSON."""
+    record = logging.LogRecord("uvicorn.error", logging.INFO, "", 0, "Started", None, None)
+    record.color_message = "\x1b[36mStarted\x1b[0m"
+    entry = orjson.loads(JsonFormatter().format(record))
+    assert (entry["logger"], entry["level"], entry["msg"]) == ("uvicorn", "info", "Started")
+    assert "color_message" not in entry
 
 
 def test_shim_producer_settings() -> None:
