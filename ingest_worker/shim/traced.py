@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 _ID_SEGMENT = re.compile(r"/(?:[0-9]+|[0-9a-fA-F-]{16,})(?=/|$)")
+# Probes and scrapes: frequent, and nothing to follow through.
+UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def route_name(method: str, path: str) -> str:
@@ -31,7 +33,7 @@ class TraceRequests:
         self._app, self._tracing = app, tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNTRACED:
             await self._app(scope, receive, send)
             return
         headers = [(k, v) for k, v in scope["headers"] if k != b"traceparent"]

@@ -106,6 +106,7 @@ async def test_a_trace_runs_from_the_request_to_the_accepted_record(
             )
             assert answer.status_code == 202, answer.text
             event_id = answer.json()["event_id"].encode()
+            assert (await env.client.get("/healthz")).status_code == 200  # probes: no span
             raw_record = await _record(env.bootstrap, env.settings.raw_topic, event_id)
             out_record = await _record(env.bootstrap, env.settings.accepted_topic, event_id)
         # Both processes' providers are shut down (their spans exported) when the block ends.
@@ -119,6 +120,8 @@ async def test_a_trace_runs_from_the_request_to_the_accepted_record(
     assert (api_span.trace_id.hex(), api_span.parent_span_id.hex()) == (CALLER_TRACE, CALLER_SPAN)
     status = {a.key: a.value.int_value for a in api_span.attributes}["http.response.status_code"]
     assert status == 202
+
+    assert not [s for _, s in spans.spans.values() if s.name == "GET /healthz"]
 
     worker_service, worker_span = spans.spans[worker_span_id]
     assert worker_service == "ingest-worker-worker"
