@@ -89,7 +89,9 @@ class Settings:
         "Longest time a revoked token keeps working if a change notification is lost.",
     )
     db_pool_max: int = _setting(
-        "INGEST_DB_POOL_MAX", 10, "PostgreSQL connections per process, at most."
+        "INGEST_DB_POOL_MAX",
+        10,
+        "PostgreSQL connections per API process, at most (a worker uses at most 4).",
     )
     worker_batch_max_records: int = _setting(
         "INGEST_WORKER_BATCH_MAX_RECORDS", 2000, "Most raw records the worker takes per batch."

@@ -233,6 +233,9 @@ class Worker:
         owner, or we, start from the committed offsets)."""
         self.sink.settle_blocking()
         self._rebalanced = True
+        for tp in partitions:  # their lag is their next owner's to report
+            with suppress(KeyError):
+                self.metrics.lag.remove(str(tp.partition))
         log.info("partitions revoked", extra={"partitions": _names(partitions)})
 
     # -- the loop --
