@@ -1,10 +1,12 @@
-"""What bench/worker.py and bench/latency.py share: the services, a fresh scenario (topics and
-an event type), raw events as the API writes them, and the process under test."""
+"""What bench/worker.py, bench/latency.py and bench/devices.py share: the services, a fresh
+scenario (topics and an event type), raw events as the API writes them, the process under test
+and what it used; and bench/results.json, where the newer benchmarks keep their figures."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import secrets
 import shutil
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -144,10 +147,13 @@ def event_type(database_url: str) -> tuple[int, int]:
         return int(row[0]), int(typed[0])
 
 
-def raw_event(n: int, scene: Scenario, received_at_ms: int) -> RawEvent:
+def raw_event(
+    n: int, scene: Scenario, received_at_ms: int, external_ids: int | None = None
+) -> RawEvent:
     """Event `n` as the API writes it: a third name their device by external id (2,000 ids,
     keyed by the device hint), the rest resolve it by template (97 stores x 20 lanes, keyed
-    by the event id)."""
+    by the event id). With `external_ids`, every event names its device by external id,
+    `ext-{n % external_ids}`, keyed by that hint."""
     event: dict[str, object] = {
         "integration_event_type_id": scene.type_id,
         "timestamp": "2024-06-01T12:00:00.123Z",
@@ -155,9 +161,10 @@ def raw_event(n: int, scene: Scenario, received_at_ms: int) -> RawEvent:
     }
     event_id = str(uuid.uuid4())
     key = event_id
-    if n % 3 == 0:
-        event["device_external_id"] = f"ext-{n % DEVICES}"
-        key = f"{scene.integration_id}:ext-{n % DEVICES}"
+    if external_ids is not None or n % 3 == 0:
+        external_id = f"ext-{n % (external_ids or DEVICES)}"
+        event["device_external_id"] = external_id
+        key = f"{scene.integration_id}:{external_id}"
     headers: Headers = [
         ("integration-id", str(scene.integration_id).encode()),
         ("event-id", event_id.encode()),
@@ -192,12 +199,14 @@ def produce(producer: Producer, topic: str, event: RawEvent, on_delivery: OnDeli
             producer.poll(0.01)
 
 
-def fill(scene: Scenario, count: int, received_at_ms: int) -> None:
-    """`count` raw events on the scenario's raw topic, acknowledged by all replicas."""
+def fill(scene: Scenario, count: int, received_at_ms: int, external_ids: int | None = None) -> None:
+    """`count` raw events on the scenario's raw topic, acknowledged by all replicas (with
+    `external_ids`, as `raw_event` makes them)."""
     producer = Producer({"bootstrap.servers": scene.bootstrap, "acks": "all", "linger.ms": 20})
     deliveries = Deliveries()
+    topic = scene.settings.raw_topic
     for n in range(count):
-        produce(producer, scene.settings.raw_topic, raw_event(n, scene, received_at_ms), deliveries)
+        produce(producer, topic, raw_event(n, scene, received_at_ms, external_ids), deliveries)
         producer.poll(0)
     if producer.flush(ADMIN_TIMEOUT_S) or deliveries.failed:
         raise RuntimeError(f"filling the raw topic failed: {deliveries.failed[:3]}")
@@ -259,3 +268,53 @@ def cpu_s(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()  # after the command name, fields start at 3
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """A live process's peak resident set (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/status has no VmHWM")
+
+
+RESULTS = HERE / "results.json"
+
+
+def save_results(key: str, figures: dict[str, object]) -> None:
+    """Put `figures` under `key` in bench/results.json, with the command, the time and the
+    load average; the other keys stay as they are."""
+    found = orjson.loads(RESULTS.read_bytes()) if RESULTS.exists() else {}
+    found[key] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "load_average_1_5_15": [round(load, 2) for load in os.getloadavg()],
+        "cores": os.cpu_count(),
+        **figures,
+    }
+    RESULTS.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, of its children that have exited (waited
+    for), and of its live children: what a server that forks a process per connection
+    (PostgreSQL's postmaster) has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            child = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(child[1]) == pid:  # ppid
+            ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postmaster_pid(database_url: str) -> int:
+    """The pid of a PostgreSQL server on this machine (the parent of its backends)."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        stat = Path(f"/proc/{row[0]}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])

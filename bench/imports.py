@@ -1,0 +1,379 @@
+"""Import throughput: events/s through one `ingest-worker api` process on the import route
+(`POST /v1/integrations/{id}/events/import`), against the single-event ingest route's events/s
+measured in the same run, each with the load generator's own CPU.
+
+    INGEST_LOG_LEVEL=WARNING PYTHONPATH=. .venv/bin/python bench/imports.py [--seconds 15]
+        [--batches 100 500] [--connections 64] [--import-connections 16] [--rounds 2]
+        [--httpx 100]
+
+Per round, each against a fresh API process (INGEST_API_VALIDATION=sync, the default; rate
+limit off), in this order: the ingest route as bench/api.py drives it (wrk, bench/ingest.lua,
+`--connections`); the import route with each of `--batches` items per request (a gateway's
+batches: 100 and 500 by default), driven by wrk with a Lua script posting one fixed body,
+`--import-connections` connections; then, with `--httpx N`, the import of N items driven by a
+Python generator instead (httpx on asyncio, the same body and connections), to compare what
+each generator costs per event. Every import item is valid and names its own device
+(`S042:0`, `S042:1`, ...), so each is checked and published; one request is checked to get
+an event id for every item before the clock starts. Each load runs `--seconds` after a 3 s
+warm-up. Generator CPU: wrk's from getrusage of the reaped child, the Python generator's
+from this process's CPU time; the API's from /proc; all over the measured seconds only.
+Rounds alternate their order (ABBA) so a drift in the machine's load falls on all.
+Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else started here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from api import ADMIN, HERE, _integration_and_token, _ms, _wait
+from workload import cpu_s, save_results, stack
+
+from devstack.proc import free_port
+from devstack.topics import ensure_topics
+from ingest_worker.core.config import Settings
+
+TARGET_EVENTS_S = 50_000
+WARMUP_S = 3
+
+# wrk posts the body in IMPORT_BODY_FILE, read once at start, to IMPORT_PATH.
+IMPORT_LUA = """
+wrk.method = "POST"
+wrk.path = os.getenv("IMPORT_PATH")
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("INGEST_TOKEN")
+local file = io.open(os.getenv("IMPORT_BODY_FILE"), "rb")
+wrk.body = file:read("*a")
+file:close()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """One load: what drove which route, and what it measured over its `seconds`."""
+
+    name: str
+    generator: str
+    batch: int  # events per request; 1 is the ingest route
+    connections: int
+    seconds: float
+    requests: int
+    non_2xx: int
+    p50_ms: float
+    p99_ms: float
+    generator_cpu_s: float
+    api_cpu_s: float
+    load: float
+
+    @property
+    def events_s(self) -> float:
+        return (self.requests - self.non_2xx) * self.batch / self.seconds
+
+    @property
+    def events(self) -> int:
+        return max((self.requests - self.non_2xx) * self.batch, 1)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "generator": self.generator,
+            "events_per_request": self.batch,
+            "connections": self.connections,
+            "seconds": self.seconds,
+            "events_per_s": round(self.events_s),
+            "requests_per_s": round(self.requests / self.seconds),
+            "non_2xx": self.non_2xx,
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+            "generator_cpu_us_per_event": round(self.generator_cpu_s * 1e6 / self.events, 2),
+            "generator_cpu_cores": round(self.generator_cpu_s / self.seconds, 2),
+            "api_cpu_us_per_event": round(self.api_cpu_s * 1e6 / self.events, 2),
+            "api_cpu_cores": round(self.api_cpu_s / self.seconds, 2),
+            "load_1m": round(self.load, 2),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """A running API process and what a load needs of it."""
+
+    pid: int
+    url: str
+    path: str  # the ingest route of a fresh integration
+    token: str
+    type_id: str
+
+
+def main() -> None:
+    args = _args()
+    with stack("bench-imports") as settings, tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(ensure_topics(str(settings.kafka_bootstrap_servers), settings))
+        plan = _plan(args)
+        loads = []
+        for r in range(args.rounds):
+            for what in plan if r % 2 == 0 else plan[::-1]:
+                loads.append(_measure(settings, args, what, Path(tmp)))
+                print(_line(loads[-1]), flush=True)
+    _report(args, loads)
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--batches", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--connections", type=int, default=64, help="ingest route (as api.py)")
+    parser.add_argument("--import-connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--httpx", type=int, nargs="*", default=[100], help="batches, Python")
+    return parser.parse_args()
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(generator, events per request) of each load of a round."""
+    imports = [("wrk", b) for b in args.batches] + [("httpx", b) for b in args.httpx]
+    return [("wrk", 1), *imports]
+
+
+def _measure(
+    settings: Settings, args: argparse.Namespace, what: tuple[str, int], tmp: Path
+) -> Load:
+    generator, batch = what
+    with _api(settings) as api:
+        if batch == 1:
+            env = {
+                "INGEST_PATH": api.path,
+                "INGEST_TOKEN": api.token,
+                "INGEST_TYPE_ID": api.type_id,
+            }
+            return _wrk(api, HERE / "ingest.lua", env, args.connections, args.seconds, "ingest")
+        body = _import_body(batch, int(api.type_id))
+        _check_import(api, body, batch)
+        if generator == "httpx":
+            return _httpx(api, body, batch, args.import_connections, args.seconds)
+        (tmp / "body.json").write_bytes(body)
+        (tmp / "import.lua").write_text(IMPORT_LUA)
+        env = {"IMPORT_PATH": f"{api.path}/import", "INGEST_TOKEN": api.token}
+        env["IMPORT_BODY_FILE"] = str(tmp / "body.json")
+        name = f"import {batch}"
+        return _wrk(
+            api, tmp / "import.lua", env, args.import_connections, args.seconds, name, batch
+        )
+
+
+@contextmanager
+def _api(settings: Settings) -> Iterator[Api]:
+    """A fresh `ingest-worker api` process, as bench/api.py starts it (synchronous checks),
+    with a fresh integration, token and event type."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka_bootstrap_servers),
+        "DATABASE_URL": str(settings.database_url),
+        "INGEST_ADMIN_TOKEN": ADMIN,
+        "INGEST_API_PORT": str(port),
+        "INGEST_RATE_LIMIT_PER_S": "0",
+        "INGEST_API_VALIDATION": "sync",
+    }
+    server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait(f"{url}/readyz")
+        path, token, type_id = _integration_and_token(url)
+        yield Api(server.pid, url, path, token, type_id)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _import_body(batch: int, type_id: int) -> bytes:
+    """`batch` valid items, each like bench/ingest.lua's event, each naming its own device."""
+    items = [
+        {
+            "integration_event_type_id": type_id,
+            "timestamp": "2024-06-01T12:00:00Z",
+            "attributes": {"store_id": "S042", "lane": i % 20, "total": 12.5},
+            "device_external_id": f"S042:{i}",
+        }
+        for i in range(batch)
+    ]
+    return orjson.dumps({"integration_events": items})
+
+
+def _headers(api: Api) -> dict[str, str]:
+    return {"authorization": f"Bearer {api.token}", "content-type": "application/json"}
+
+
+def _check_import(api: Api, body: bytes, batch: int) -> None:
+    """One import must get an event id for every item: the load measures acceptance."""
+    answer = httpx.post(f"{api.url}{api.path}/import", content=body, headers=_headers(api))
+    results = answer.json()["results"] if answer.status_code == 202 else []
+    if sum("event_id" in r for r in results) != batch:
+        raise RuntimeError(f"import answered {answer.status_code}: {answer.text[:300]}")
+
+
+def _wrk(
+    api: Api,
+    script: Path,
+    env: dict[str, str],
+    connections: int,
+    seconds: int,
+    name: str,
+    batch: int = 1,
+) -> Load:
+    """wrk -t1 against the API; its CPU is the reaped child's, over the measured run only."""
+    base = ["wrk", "-t1", f"-c{connections}", "--latency", "-s", str(script)]
+    full_env = {**os.environ, **env}
+    subprocess.run(
+        [*base, f"-d{WARMUP_S}s", api.url], env=full_env, capture_output=True, check=True
+    )
+    before, api_before = _children_cpu_s(), cpu_s(api.pid)
+    out = subprocess.run(
+        [*base, f"-d{seconds}s", api.url], env=full_env, capture_output=True, text=True, check=True
+    ).stdout
+    generator_cpu, api_cpu = _children_cpu_s() - before, cpu_s(api.pid) - api_before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return Load(
+        name,
+        "wrk",
+        batch,
+        connections,
+        requests / rps,
+        requests,
+        int(errors.group(1)) if errors else 0,
+        _ms(out, "50%"),
+        _ms(out, "99%"),
+        generator_cpu,
+        api_cpu,
+        os.getloadavg()[0],
+    )
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _httpx(api: Api, body: bytes, batch: int, connections: int, seconds: int) -> Load:
+    """The Python generator: `connections` tasks posting the body over httpx until the time
+    is up; its CPU is this process's over the measured run."""
+    asyncio.run(_post_for(api, body, connections, WARMUP_S))
+    before, api_before, started = time.process_time(), cpu_s(api.pid), time.monotonic()
+    timings, failed = asyncio.run(_post_for(api, body, connections, seconds))
+    took = time.monotonic() - started
+    generator_cpu, api_cpu = time.process_time() - before, cpu_s(api.pid) - api_before
+    timings.sort()
+    return Load(
+        f"import {batch}",
+        "httpx",
+        batch,
+        connections,
+        took,
+        len(timings),
+        failed,
+        timings[len(timings) // 2] * 1000,
+        timings[int(len(timings) * 0.99)] * 1000,
+        generator_cpu,
+        api_cpu,
+        os.getloadavg()[0],
+    )
+
+
+async def _post_for(
+    api: Api, body: bytes, connections: int, seconds: int
+) -> tuple[list[float], int]:
+    """Each request's seconds, and how many were not answered 202."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    timings: list[float] = []
+    failed = 0
+    url, headers = f"{api.url}{api.path}/import", _headers(api)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        until = time.monotonic() + seconds
+
+        async def post_until() -> None:
+            nonlocal failed
+            while (started := time.monotonic()) < until:
+                answer = await client.post(url, content=body, headers=headers)
+                timings.append(time.monotonic() - started)
+                failed += answer.status_code != 202
+
+        await asyncio.gather(*(post_until() for _ in range(connections)))
+    return timings, failed
+
+
+def _line(load: Load) -> str:
+    figures = load.as_json()
+    return (
+        f"{load.name:<11} {load.generator:<6} {load.connections:>5} {load.events_s:>10,.0f} "
+        f"{figures['p50_ms']:>8.2f} {figures['p99_ms']:>8.2f} {load.non_2xx:>8} "
+        f"{figures['generator_cpu_us_per_event']:>10.2f} {figures['generator_cpu_cores']:>8.2f} "
+        f"{figures['api_cpu_us_per_event']:>8.2f} {load.load:>6.1f}"
+    )
+
+
+HEADING = (
+    f"{'route':<11} {'gen':<6} {'conns':>5} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+    f"{'non-2xx':>8} {'gen µs/ev':>10} {'gen CPU':>8} {'API µs/ev':>8} {'load':>6}"
+)
+
+
+def _report(args: argparse.Namespace, loads: list[Load]) -> None:
+    ingest = [x for x in loads if x.batch == 1]
+    rate_ingest = sum(x.events_s for x in ingest) / len(ingest)
+    loads_now = " / ".join(f"{load:.1f}" for load in os.getloadavg())
+    print(
+        f"\none API process, {args.seconds} s per load after {WARMUP_S} s of warm-up, this machine"
+    )
+    print(f"({os.cpu_count()} cores; load average 1/5/15 min at the end: {loads_now})\n")
+    print(
+        "| # | route | events/request | generator | connections | events/s | x ingest "
+        "| p99 ms | non-2xx | generator µs/event | generator cores | API µs/event | load 1m |"
+    )
+    print("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, x in enumerate(loads, 1):
+        f = x.as_json()
+        print(
+            f"| {n} | {'ingest' if x.batch == 1 else 'import'} | {x.batch} | {x.generator} "
+            f"| {x.connections} | {x.events_s:,.0f} | {x.events_s / rate_ingest:.1f} "
+            f"| {x.p99_ms:.1f} | {x.non_2xx} | {f['generator_cpu_us_per_event']:.2f} "
+            f"| {f['generator_cpu_cores']:.2f} | {f['api_cpu_us_per_event']:.1f} | {x.load:.1f} |"
+        )
+    summary = {}
+    for generator, batch in _plan(args)[1:]:
+        runs = [x for x in loads if (x.generator, x.batch) == (generator, batch)]
+        rate = sum(x.events_s for x in runs) / len(runs)
+        verdict = "met" if rate >= TARGET_EVENTS_S else "missed"
+        print(
+            f"import {batch} ({generator}): mean {rate:,.0f} events/s, {rate / rate_ingest:.1f}x "
+            f"the ingest route's {rate_ingest:,.0f} (target >= {TARGET_EVENTS_S:,}): {verdict}"
+        )
+        summary[f"import_{batch}_{generator}_mean_events_per_s"] = round(rate)
+    save_results(
+        "imports",
+        {
+            "ingest_mean_events_per_s": round(rate_ingest),
+            **summary,
+            "target": f"import >= {TARGET_EVENTS_S} events/s",
+            "validation": "sync",
+            "loads": [x.as_json() for x in loads],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
