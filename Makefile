@@ -47,6 +47,8 @@ bench: venv
 	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/api.py
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/worker.py
+	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/imports.py
+	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/devices.py
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/records.py
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
@@ -59,3 +61,9 @@ clean:
 .PHONY: soak
 soak: venv
 	$(BIN)/python -m soak --events $${SOAK_EVENTS:-200000} --seed $${SOAK_SEED:-1} --readme README.md
+
+# The container image end to end (deploy/Dockerfile): starts dockerd when absent, builds the
+# local base once, then migrate, api and worker from the image against the local stack.
+.PHONY: image-test
+image-test: venv
+	$(BIN)/python -m devstack.image_test
