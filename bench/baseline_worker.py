@@ -32,7 +32,7 @@ from confluent_kafka import (
 )
 
 from ingest_worker.core.config import Settings
-from ingest_worker.worker.sink import TXN_RETRY_BACKOFF_MS
+from ingest_worker.worker.sink import METADATA_FAST_REFRESH_MS, TXN_RETRY_BACKOFF_MS
 
 COMMIT_TIMEOUT_S = 30.0
 
@@ -75,6 +75,7 @@ def _producer(bootstrap: str, settings: Settings) -> Producer:
             "bootstrap.servers": bootstrap,
             "transactional.id": f"baseline-{settings.group_id}",
             "retry.backoff.ms": TXN_RETRY_BACKOFF_MS,  # tuned as the worker's is
+            "topic.metadata.refresh.fast.interval.ms": METADATA_FAST_REFRESH_MS,
         }
     )
     producer.init_transactions(COMMIT_TIMEOUT_S)

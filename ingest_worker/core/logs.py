@@ -18,9 +18,9 @@ _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys
 }
 # uvicorn logs everything but access lines to "uvicorn.error", errors or not.
 _RENAMED = {"uvicorn.error": "uvicorn"}
-# librdkafka lines about states it waits out and retries by itself, as at start-up while the
-# broker's coordinators load: information, not warnings.
-_TRANSIENT = ("retrying", "Coordinator load in progress", "Coordinator not available")
+# librdkafka's warning while it waits out a state by itself, as at start-up while the broker's
+# transaction coordinator loads: information (its fatal errors reach `error_cb` instead).
+_TRANSIENT_FACILITY, _TRANSIENT_END = "GETPID", ": retrying"
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,10 +66,15 @@ def librdkafka_line(record: logging.LogRecord) -> bool:
     itself (a coordinator still loading) is kept at INFO, if INFO is logged."""
     if isinstance(record.args, tuple) and record.args[:1] == ("FAIL",):
         return False
-    if record.levelno == logging.WARNING and any(t in record.getMessage() for t in _TRANSIENT):
+    if record.levelno == logging.WARNING and _retried_by_itself(record):
         record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
         return logging.getLogger().isEnabledFor(logging.INFO)
     return True
+
+
+def _retried_by_itself(record: logging.LogRecord) -> bool:
+    args = record.args if isinstance(record.args, tuple) else ()
+    return args[:1] == (_TRANSIENT_FACILITY,) and record.getMessage().endswith(_TRANSIENT_END)
 
 
 def _utc(secs: float | None) -> time.struct_time:

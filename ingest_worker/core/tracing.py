@@ -13,16 +13,19 @@ OTLP over HTTP; the SDK's own settings apply (`OTEL_EXPORTER_OTLP_ENDPOINT`,
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ingest_worker.core.errors import ConfigError
+from ingest_worker.core.raw import is_traceparent
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span
 
 _TRACEPARENT = "traceparent"
+SHUTDOWN_S = 5.0
 
 
 class Tracing:
@@ -46,7 +49,8 @@ class Tracing:
         """A span, the child of the W3C `parent` when it is well formed (else a new trace)."""
         from opentelemetry.trace import SpanKind
 
-        context = self._propagator.extract({_TRACEPARENT: parent}) if parent else None
+        well_formed = parent is not None and is_traceparent(parent)  # also bounds its length
+        context = self._propagator.extract({_TRACEPARENT: parent}) if well_formed else None
         kind = SpanKind.SERVER if server else SpanKind.CONSUMER
         return self._tracer.start_span(name, context, kind, attributes=attributes)
 
@@ -57,8 +61,11 @@ class Tracing:
         return f"00-{found.trace_id:032x}-{found.span_id:016x}-{int(found.trace_flags):02x}"
 
     def shutdown(self) -> None:
-        """Export what is buffered, then stop."""
-        self._provider.shutdown()
+        """Export what is buffered, then stop; give up after SHUTDOWN_S (an unreachable
+        collector must not hold a stopping process past its grace period)."""
+        done = threading.Thread(target=self._provider.shutdown, daemon=True)
+        done.start()
+        done.join(SHUTDOWN_S)
 
 
 def start(mode: str, service: str) -> Tracing | None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 _ID_SEGMENT = re.compile(r"/(?:[0-9]+|[0-9a-fA-F-]{16,})(?=/|$)")
 # Probes and scrapes: frequent, and nothing to follow through.
 UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
+UNMATCHED = "HTTP 404"
 
 
 def route_name(method: str, path: str) -> str:
@@ -59,6 +60,8 @@ def _status(span: Span, status: int) -> None:
     from opentelemetry.trace import Status, StatusCode
 
     span.set_attribute("http.response.status_code", status)
+    if status == 404:  # a path no route knows: one name, whatever a scanner sends
+        span.update_name(UNMATCHED)
     if status >= 500:
         span.set_status(Status(StatusCode.ERROR))
 

@@ -95,7 +95,7 @@ def traced(traces: tracing.Tracing, records: list[InRecord], outputs: list[OutRe
     for record, output in zip(records, outputs, strict=True):
         span = traces.start(
             "ingest-worker process",
-            _traceparent(record.headers),
+            _traceparent(output.headers) or _traceparent(record.headers),
             server=False,
             attributes={
                 "messaging.destination.name": output.topic,
@@ -109,8 +109,10 @@ def traced(traces: tracing.Tracing, records: list[InRecord], outputs: list[OutRe
 
 
 def _traceparent(headers: Headers | None) -> str | None:
+    """The headers' traceparent: an output's is the decoder's checked value; a raw record's
+    name may be in any case (the tracer ignores one that is not well formed)."""
     for name, value in headers or ():
-        if name == "traceparent" and value is not None:
+        if name.lower() == "traceparent" and value is not None:
             return value.decode("latin-1")
     return None
 
@@ -233,9 +235,6 @@ class Worker:
         owner, or we, start from the committed offsets)."""
         self.sink.settle_blocking()
         self._rebalanced = True
-        for tp in partitions:  # their lag is their next owner's to report
-            with suppress(KeyError):
-                self.metrics.lag.remove(str(tp.partition))
         log.info("partitions revoked", extra={"partitions": _names(partitions)})
 
     # -- the loop --
@@ -546,6 +545,9 @@ async def running(
     """A started worker: pool, catalog listener, sink and a subscribed consumer (the sink
     class is for the fault-injection tests)."""
     async with AsyncExitStack() as stack:
+        traces = tracing.start(settings.tracing, "ingest-worker-worker")  # before any resource
+        if traces is not None:
+            stack.callback(traces.shutdown)
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             database_url,
             min_size=1,
@@ -574,9 +576,6 @@ async def running(
             settings.kafka_timeout_s,
         )
         await sink.ensure()
-        traces = tracing.start(settings.tracing, "ingest-worker-worker")
-        if traces is not None:
-            stack.callback(traces.shutdown)
         consumer = Consumer(consumer_config(settings, bootstrap))
         worker = Worker(settings, consumer, sink, pool, catalog, metrics, topics, traces)
         stack.push_async_callback(worker.close)  # the consumer, then whichever sink is current

@@ -57,8 +57,10 @@ class Offsets:
 
     def due(self, now: float, interval_s: float, max_records: int, caught_up: bool = False) -> bool:
         """Whether the open transaction should commit now: the interval is up, it holds the
-        most records, or the last poll came back short (caught up with the topic: nothing
-        gains from waiting, and the outputs become visible sooner)."""
+        most records, or the last poll came back short (it took all the consumer had: nothing
+        gains from waiting, and the outputs become visible sooner). Below capacity that is
+        after every batch, one commit per commit round trip; under a backlog batches come
+        full and the interval or the record count decides."""
         if self.opened_at is None:
             return False
         return (

@@ -34,11 +34,15 @@ MAX_BATCH_BYTES = 1024 * 1024
 # Longest a transaction may stay open before the broker aborts it: a killed worker's open
 # transaction holds back read_committed readers (and its partitions' next owner) this long.
 TRANSACTION_TIMEOUT_MS = 30_000
-# First retry of a refused request (then doubling up to librdkafka's 1 s cap). A transaction
-# begun right after a commit is refused CONCURRENT_TRANSACTIONS until the broker has written
-# the last one's markers, a few ms; librdkafka's default 100 ms made every commit cycle last
-# about 115 ms on a local broker, 10 ms about 50 ms (Java's client uses 20 ms in this case).
+# First retry of a refused request (then doubling up to librdkafka's 1 s cap). Offsets sent
+# right after a commit are refused CONCURRENT_TRANSACTIONS until the broker has written the
+# last transaction's markers, a few ms; librdkafka retries AddOffsetsToTxn after this backoff,
+# and its default 100 ms made every commit cycle last about 115 ms on a local broker, 10 ms
+# about 50 ms (Java's client uses 20 ms in this case).
 TXN_RETRY_BACKOFF_MS = 10
+# librdkafka's fast metadata refresh (while a leader is unknown) defaults to the retry backoff;
+# kept at its usual 100 ms, so a leader election does not draw a request every 10 ms.
+METADATA_FAST_REFRESH_MS = 100
 ErrorClass = Literal["retry", "abort", "fatal"]
 
 
@@ -76,6 +80,7 @@ def producer_config(
         "socket.timeout.ms": max(1000, int(timeout_s * 1000)),
         "delivery.report.only.error": True,
         "retry.backoff.ms": TXN_RETRY_BACKOFF_MS,
+        "topic.metadata.refresh.fast.interval.ms": METADATA_FAST_REFRESH_MS,
     }
 
 

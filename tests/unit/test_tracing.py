@@ -3,13 +3,20 @@ continues its parent's trace (with the real SDK, spans kept in memory)."""
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ingest_worker.core import tracing
+from ingest_worker.core.encode import OutRecord
 from ingest_worker.core.raw import is_traceparent
+from ingest_worker.core.rejections import Source
 from ingest_worker.shim.traced import route_name
+from ingest_worker.worker.loop import traced
+from ingest_worker.worker.pipeline import InRecord
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -60,3 +67,33 @@ def test_an_unsampled_caller_keeps_its_decision() -> None:
     assert traces.traceparent(span).endswith("-00")
     span.end()
     assert exported.get_finished_spans() == ()
+
+
+def test_an_oversized_parent_is_ignored_without_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hostile `traceparent` (any length, before authentication) starts a new trace and
+    costs no log line per request."""
+    traces, exported = _tracing()
+    span = traces.start("root", PARENT + "-" + "f" * 10_000, server=True)
+    span.end()
+    assert exported.get_finished_spans()[0].parent is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_worker_span_continues_the_trace_its_output_carries() -> None:
+    """The accepted record's traceparent (the decoder's checked copy of the raw record's,
+    whatever the case of its name there) is the parent; the record leaves with its span's."""
+    traces, exported = _tracing()
+    raw = [InRecord(Source("raw", 0, 7), b"{}", [("Traceparent", PARENT.encode())], 0)]
+    accepted = [OutRecord("acc", b"1", b"", [("event-id", b"e"), ("traceparent", PARENT.encode())])]
+    rejected = [OutRecord("rej", b"1", b"", [("event-id", b"e")])]
+    traced(traces, raw, accepted)
+    traced(traces, raw, rejected)
+    first, second = exported.get_finished_spans()
+    for span in (first, second):
+        assert span.parent is not None
+        assert f"{span.parent.span_id:016x}" == PARENT.split("-")[2]
+    own = dict(accepted[0].headers)["traceparent"].decode()
+    assert own.split("-")[1:3] == [PARENT.split("-")[1], f"{first.context.span_id:016x}"]
+    assert rejected[0].headers == [("event-id", b"e")]  # a rejection carries no traceparent
