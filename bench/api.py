@@ -85,19 +85,25 @@ def _run_baseline(args: argparse.Namespace) -> tuple[float, float, float, int]:
         server.wait(30)
 
 
-def _run_api(
-    args: argparse.Namespace, bootstrap: str, database_url: str
-) -> tuple[float, float, float, int]:
-    port = free_port()
-    env = {
+def api_env(bootstrap: str, database_url: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment of an `ingest-worker api` under test: the bench's admin token, no rate
+    limit, `extra` settings on top."""
+    return {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "DATABASE_URL": database_url,
         "INGEST_ADMIN_TOKEN": ADMIN,
         "INGEST_API_PORT": str(port),
         "INGEST_RATE_LIMIT_PER_S": "0",
+        **extra,
     }
-    env["INGEST_API_VALIDATION"] = args.mode
+
+
+def _run_api(
+    args: argparse.Namespace, bootstrap: str, database_url: str
+) -> tuple[float, float, float, int]:
+    port = free_port()
+    env = api_env(bootstrap, database_url, port, INGEST_API_VALIDATION=args.mode)
     server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -12,7 +12,6 @@ Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else star
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ from collections.abc import Callable
 
 import httpx
 import psycopg
-from api import ADMIN, _wait
+from api import ADMIN, _wait, api_env
 from workload import stack
 
 from devstack.proc import free_port
@@ -108,15 +107,12 @@ def _measure(
     settings: Settings, integration_id: int, devices: list[int], requests: int
 ) -> tuple[list[float], list[float]]:
     port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka_bootstrap_servers),
-        "DATABASE_URL": str(settings.database_url),
-        "INGEST_ADMIN_TOKEN": ADMIN,
-        "INGEST_API_PORT": str(port),
-        "INGEST_RATE_LIMIT_PER_S": "0",
-        "INGEST_LOG_LEVEL": "WARNING",
-    }
+    env = api_env(
+        str(settings.kafka_bootstrap_servers),
+        str(settings.database_url),
+        port,
+        INGEST_LOG_LEVEL="WARNING",
+    )
     server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
     try:
         url = f"http://127.0.0.1:{port}"

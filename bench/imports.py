@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 import orjson
-from api import ADMIN, HERE, _integration_and_token, _ms, _wait
+from api import HERE, _integration_and_token, _ms, _wait, api_env
 from workload import cpu_s, save_results, stack
 
 from devstack.proc import free_port
@@ -179,15 +179,12 @@ def _api(settings: Settings) -> Iterator[Api]:
     """A fresh `ingest-worker api` process, as bench/api.py starts it (synchronous checks),
     with a fresh integration, token and event type."""
     port = free_port()
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka_bootstrap_servers),
-        "DATABASE_URL": str(settings.database_url),
-        "INGEST_ADMIN_TOKEN": ADMIN,
-        "INGEST_API_PORT": str(port),
-        "INGEST_RATE_LIMIT_PER_S": "0",
-        "INGEST_API_VALIDATION": "sync",
-    }
+    env = api_env(
+        str(settings.kafka_bootstrap_servers),
+        str(settings.database_url),
+        port,
+        INGEST_API_VALIDATION="sync",
+    )
     server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
     try:
         url = f"http://127.0.0.1:{port}"
