@@ -49,6 +49,7 @@ bench: venv
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/worker.py
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/imports.py
 	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/devices.py
+	INGEST_LOG_LEVEL=WARNING $(BIN)/python bench/peer.py --rounds 2
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/records.py
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
