@@ -19,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -85,10 +87,14 @@ def _run_baseline(args: argparse.Namespace) -> tuple[float, float, float, int]:
         server.wait(30)
 
 
-def api_env(bootstrap: str, database_url: str, port: int, **extra: str) -> dict[str, str]:
-    """The environment of an `ingest-worker api` under test: the bench's admin token, no rate
-    limit, `extra` settings on top."""
-    return {
+@contextmanager
+def api_process(
+    bootstrap: str, database_url: str, ready: str = "/readyz", **extra: str
+) -> Iterator[tuple[str, int]]:
+    """An `ingest-worker api` under test, with the bench's admin token, no rate limit and
+    `extra` settings on top: its URL and pid once `ready` answers; stopped at the end."""
+    port = free_port()
+    env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "DATABASE_URL": database_url,
@@ -97,22 +103,22 @@ def api_env(bootstrap: str, database_url: str, port: int, **extra: str) -> dict[
         "INGEST_RATE_LIMIT_PER_S": "0",
         **extra,
     }
+    server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait(url + ready)
+        yield url, server.pid
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def _run_api(
     args: argparse.Namespace, bootstrap: str, database_url: str
 ) -> tuple[float, float, float, int]:
-    port = free_port()
-    env = api_env(bootstrap, database_url, port, INGEST_API_VALIDATION=args.mode)
-    server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait(f"{url}/readyz")
+    with api_process(bootstrap, database_url, INGEST_API_VALIDATION=args.mode) as (url, _):
         path, token, type_id = _integration_and_token(url)
         return _wrk(url, path, token, args, type_id)
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 # The event type of ingest.lua's body, so that the synchronous checks pass it.

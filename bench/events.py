@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import httpx
 import psycopg
-from api import ADMIN, _wait, api_env
+from api import ADMIN, api_process
 from workload import stack
 
-from devstack.proc import free_port
 from ingest_worker.core.config import Settings
 
 DEVICES = 1000
@@ -106,17 +103,9 @@ def _fill(database_url: str, count: int) -> tuple[int, list[int]]:
 def _measure(
     settings: Settings, integration_id: int, devices: list[int], requests: int
 ) -> tuple[list[float], list[float]]:
-    port = free_port()
-    env = api_env(
-        str(settings.kafka_bootstrap_servers),
-        str(settings.database_url),
-        port,
-        INGEST_LOG_LEVEL="WARNING",
-    )
-    server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait(f"{url}/healthz")  # alive is enough: listing needs PostgreSQL, not Kafka
+    endpoints = str(settings.kafka_bootstrap_servers), str(settings.database_url)
+    # Alive is enough: listing needs PostgreSQL, not Kafka.
+    with api_process(*endpoints, "/healthz", INGEST_LOG_LEVEL="WARNING") as (url, _):
         base = f"{url}/v1/integrations/{integration_id}"
         with httpx.Client(headers={"authorization": f"Bearer {ADMIN}"}, timeout=30) as client:
 
@@ -129,9 +118,6 @@ def _measure(
             _timed(listed, devices, 200)  # warm-up
             _timed(found, devices, 200)
             return _timed(listed, devices, requests), _timed(found, devices, requests)
-    finally:
-        server.terminate()
-        server.wait(30)
 
 
 def _timed(call: Callable[[int], httpx.Response], devices: list[int], count: int) -> list[float]:

@@ -29,7 +29,6 @@ import os
 import re
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,10 +39,9 @@ from typing import Any
 
 import httpx
 import orjson
-from api import HERE, _integration_and_token, _ms, _wait, api_env
+from api import HERE, _integration_and_token, _ms, api_process
 from workload import cpu_s, save_results, stack
 
-from devstack.proc import free_port
 from devstack.topics import ensure_topics
 from ingest_worker.core.config import Settings
 
@@ -178,22 +176,10 @@ def _measure(
 def _api(settings: Settings) -> Iterator[Api]:
     """A fresh `ingest-worker api` process, as bench/api.py starts it (synchronous checks),
     with a fresh integration, token and event type."""
-    port = free_port()
-    env = api_env(
-        str(settings.kafka_bootstrap_servers),
-        str(settings.database_url),
-        port,
-        INGEST_API_VALIDATION="sync",
-    )
-    server = subprocess.Popen([sys.executable, "-m", "ingest_worker", "api"], env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait(f"{url}/readyz")
+    endpoints = str(settings.kafka_bootstrap_servers), str(settings.database_url)
+    with api_process(*endpoints, INGEST_API_VALIDATION="sync") as (url, pid):
         path, token, type_id = _integration_and_token(url)
-        yield Api(server.pid, url, path, token, type_id)
-    finally:
-        server.terminate()
-        server.wait(30)
+        yield Api(pid, url, path, token, type_id)
 
 
 def _import_body(batch: int, type_id: int) -> bytes:
