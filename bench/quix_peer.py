@@ -39,7 +39,6 @@ import importlib
 import io
 import os
 import tempfile
-import uuid
 from typing import Any, NamedTuple
 
 import fastavro
@@ -49,8 +48,9 @@ from psycopg.rows import dict_row
 
 from ingest_worker.core import encode, plan, times
 from ingest_worker.core.config import Settings
-from ingest_worker.core.raw import EVENT_ID_NAMESPACE
+from ingest_worker.core.rejections import Source
 from ingest_worker.core.validate import EventType, compile_type
+from ingest_worker.worker.decode import fallback_event_id
 from ingest_worker.worker.resolve import auto_name
 
 OUTPUT_SUFFIX = ".quix"
@@ -223,7 +223,7 @@ def _event_id(header: bytes | None) -> str:
     if header:
         return header.decode()
     where = quix_context.message_context()
-    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{where.topic}:{where.partition}:{where.offset}"))
+    return fallback_event_id(Source(where.topic, where.partition, where.offset))
 
 
 def _decode(value: bytes, integration: bytes | None) -> tuple[int, dict[str, Any]]:

@@ -30,7 +30,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from devstack import proc
+from devstack import containers, proc
 from devstack.stack import Endpoints, services
 from devstack.topics import ensure_topics
 from ingest_worker.core import logs, rdkafka, tokens
@@ -163,7 +163,7 @@ def docker_step(cmd: list[str], work_dir: Path, name: str, timeout_s: float = 90
 
 def ensure_engine(work_dir: Path) -> None:
     """A Docker engine that answers: install and start one when there is none."""
-    if engine_answers():
+    if containers.docker_answers():
         return
     missing = [package for command, package in PACKAGES.items() if not shutil.which(command)]
     if missing:
@@ -175,14 +175,10 @@ def ensure_engine(work_dir: Path) -> None:
     with dockerd_log.open("ab") as out:
         # Its own session, not tied to this process: it serves later runs too.
         subprocess.Popen(["dockerd"], stdout=out, stderr=out, start_new_session=True)
-    if not wait_for(engine_answers, ENGINE_TIMEOUT_S):
+    if not wait_for(containers.docker_answers, ENGINE_TIMEOUT_S):
         raise StackError(
             f"dockerd did not answer in {ENGINE_TIMEOUT_S} s:\n{proc.tail(dockerd_log)}"
         )
-
-
-def engine_answers() -> bool:
-    return _quiet(["docker", "info"]) == 0
 
 
 def build_image(work_dir: Path) -> None:
