@@ -1,9 +1,13 @@
 """Device resolution's SQL, one batched round: which device each event names is decided
 before (core/plan.py: `integration_device_id`, then `device_external_id`, then the event
 type's template, with no fallback between steps). External ids of a batch are
-de-duplicated and read; the missing ones are inserted in sorted order (so concurrent batches
-lock rows in the same order) with `ON CONFLICT DO NOTHING` and read back: however many
-replicas race, one row per id.
+de-duplicated, then found or created in one statement: the missing ones are inserted in
+sorted order (so concurrent batches lock rows in the same order) with `ON CONFLICT DO
+NOTHING`, and one made meanwhile by another replica is read back: however many replicas
+race, one row per id.
+
+The batch's arrays are sent in PostgreSQL's binary format (`%b`): psycopg dumps a list of
+2,000 ints, strings or UUID strings 3-8 times faster than as text.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ async def direct_devices(conn: Conn, device_ids: set[int]) -> dict[int, tuple[De
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             "SELECT id, integration_id, external_id, created_by_event::text FROM devices "
-            "WHERE id = ANY(%s)",
+            "WHERE id = ANY(%b)",
             (sorted(device_ids),),
         )
         return {row[0]: (Device(row[0], row[2], row[3]), row[1]) for row in await cur.fetchall()}
@@ -67,22 +71,71 @@ async def external_devices(
     event that creates it if missing. Integrations deleted meanwhile get no device. With
     `max_auto`, an integration gets new devices only up to that many auto-created ones.
 
-    Existing devices are read first and only the missing ones inserted: once an
-    integration's devices exist, a batch writes nothing for them (an upsert of a row that
+    Existing devices are read and only the missing ones inserted, in one round trip: once
+    an integration's devices exist, a batch writes nothing for them (an upsert of a row that
     exists still costs an index probe, a speculative insertion and a lock per row)."""
     if not wanted:
         return Found({}, set())
+    if max_auto > 0:
+        return await _capped(conn, wanted, max_auto)
+    found = await _find_or_create(conn, wanted)
+    # A device another replica committed after this statement began: not inserted here (a
+    # conflict), and not in its snapshot either.
+    unseen = sorted(k for k in wanted if k not in found)
+    if unseen:
+        found.update(await _read_external(conn, unseen))
+    return Found(found, set())
+
+
+async def _capped(conn: Conn, wanted: dict[tuple[int, str], str], max_auto: int) -> Found:
     found = await _read_external(conn, sorted(wanted))
     missing = {k: v for k, v in wanted.items() if k not in found}
     if not missing:
         return Found(found, set())
-    allowed, refused = missing, set[tuple[int, str]]()
-    if max_auto > 0:
-        refused = await _over_cap(conn, missing, max_auto)
-        allowed = {k: v for k, v in missing.items() if k not in refused}
-    await _insert_external(conn, allowed)
+    refused = await _over_cap(conn, missing, max_auto)
+    await _insert_external(conn, {k: v for k, v in missing.items() if k not in refused})
     found.update(await _read_external(conn, sorted(missing)))
     return Found(found, refused)
+
+
+_FIND_OR_CREATE = """
+    WITH w AS (
+        SELECT * FROM unnest(%b::int[], %b::text[], %b::text[], %b::uuid[])
+            AS w (integration_id, external_id, name, creator)
+    ), found AS (
+        SELECT d.integration_id, d.external_id, d.id, d.created_by_event
+        FROM devices d JOIN w USING (integration_id, external_id)
+    ), made AS (
+        INSERT INTO devices (integration_id, external_id, name, auto_created, created_by_event)
+        SELECT w.integration_id, w.external_id, w.name, true, w.creator
+        FROM w JOIN integrations i ON i.id = w.integration_id
+        WHERE NOT EXISTS (SELECT FROM found f WHERE f.integration_id = w.integration_id
+                                                AND f.external_id = w.external_id)
+        ORDER BY w.integration_id, w.external_id
+        ON CONFLICT (integration_id, external_id) DO NOTHING
+        RETURNING integration_id, external_id, id, created_by_event
+    )
+    SELECT integration_id, external_id, id, created_by_event::text FROM found
+    UNION ALL
+    SELECT integration_id, external_id, id, created_by_event::text FROM made
+"""
+
+
+async def _find_or_create(
+    conn: Conn, wanted: dict[tuple[int, str], str]
+) -> dict[tuple[int, str], Device]:
+    keys = sorted(wanted)
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(
+            _FIND_OR_CREATE,
+            (
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [auto_name(k[1]) for k in keys],
+                [wanted[k] for k in keys],
+            ),
+        )
+        return {(row[0], row[1]): Device(row[2], row[1], row[3]) for row in await cur.fetchall()}
 
 
 async def _insert_external(conn: Conn, allowed: dict[tuple[int, str], str]) -> None:
@@ -96,7 +149,7 @@ async def _insert_external(conn: Conn, allowed: dict[tuple[int, str], str]) -> N
             """
             INSERT INTO devices (integration_id, external_id, name, auto_created, created_by_event)
             SELECT w.integration_id, w.external_id, w.name, true, w.creator
-            FROM unnest(%s::int[], %s::text[], %s::text[], %s::uuid[])
+            FROM unnest(%b::int[], %b::text[], %b::text[], %b::uuid[])
                  AS w (integration_id, external_id, name, creator)
             JOIN integrations i ON i.id = w.integration_id
             ORDER BY w.integration_id, w.external_id
@@ -117,7 +170,7 @@ async def _read_external(conn: Conn, keys: list[tuple[int, str]]) -> dict[tuple[
             """
             SELECT d.integration_id, d.external_id, d.id, d.created_by_event::text
             FROM devices d
-            JOIN unnest(%s::int[], %s::text[]) AS w (integration_id, external_id)
+            JOIN unnest(%b::int[], %b::text[]) AS w (integration_id, external_id)
               ON d.integration_id = w.integration_id AND d.external_id = w.external_id
             """,
             ([k[0] for k in keys], [k[1] for k in keys]),
@@ -140,7 +193,7 @@ async def _over_cap(
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             "SELECT pg_advisory_xact_lock(%s, s.i) FROM "
-            "(SELECT i FROM unnest(%s::int[]) AS i ORDER BY i) AS s",
+            "(SELECT i FROM unnest(%b::int[]) AS i ORDER BY i) AS s",
             (_DEVICE_CAP_LOCK, integrations),
         )
     existing = await _read_external(conn, sorted(wanted))
@@ -148,7 +201,7 @@ async def _over_cap(
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
             "SELECT integration_id, count(*) FROM devices "
-            "WHERE auto_created AND integration_id = ANY(%s) GROUP BY integration_id",
+            "WHERE auto_created AND integration_id = ANY(%b) GROUP BY integration_id",
             (integrations,),
         )
         room = {i: max_auto for i in integrations}
@@ -195,8 +248,8 @@ async def claim_keys(conn: Conn, wanted: list[RawEvent], ttl_s: float) -> dict[C
             """
             INSERT INTO idempotency_claims
                 (integration_id, key, item_index, event_id, raw_topic, raw_partition, raw_offset)
-            SELECT c.* FROM unnest(%s::int[], %s::text[], %s::int[], %s::uuid[], %s::text[],
-                                   %s::int[], %s::bigint[]) AS c (i, k, x, e, t, p, o)
+            SELECT c.* FROM unnest(%b::int[], %b::text[], %b::int[], %b::uuid[], %b::text[],
+                                   %b::int[], %b::bigint[]) AS c (i, k, x, e, t, p, o)
             JOIN integrations ON integrations.id = c.i
             ORDER BY 1, 2, 3
             ON CONFLICT (integration_id, key, item_index) DO UPDATE SET
@@ -212,7 +265,7 @@ async def claim_keys(conn: Conn, wanted: list[RawEvent], ttl_s: float) -> dict[C
             SELECT c.integration_id, c.key, c.item_index, c.raw_topic, c.raw_partition,
                    c.raw_offset
             FROM idempotency_claims c
-            JOIN unnest(%s::int[], %s::text[], %s::int[]) AS w (i, k, x)
+            JOIN unnest(%b::int[], %b::text[], %b::int[]) AS w (i, k, x)
               ON c.integration_id = w.i AND c.key = w.k AND c.item_index = w.x
             """,
             columns[:3],

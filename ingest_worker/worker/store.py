@@ -23,7 +23,7 @@ _LOAD = """
            e.revision_received_at_ms, e.idempotency_key, e.traceparent, e.raw_key,
            e.source_partition, e.source_offset, e.error::text, e.created_ms
     FROM events e
-    JOIN unnest(%s::int[], %s::uuid[]) AS w (integration_id, id)
+    JOIN unnest(%b::int[], %b::uuid[]) AS w (integration_id, id)
       ON e.integration_id = w.integration_id AND e.id = w.id
     WHERE e.revision > 0
 """
@@ -35,7 +35,7 @@ _LOAD = """
 _LOCK = """
     SELECT pg_advisory_xact_lock(k) FROM (
         SELECT DISTINCT hashtextextended(w.i::text || '/' || w.id, 0) AS k
-        FROM unnest(%s::int[], %s::text[]) AS w (i, id) ORDER BY 1) AS s
+        FROM unnest(%b::int[], %b::text[]) AS w (i, id) ORDER BY 1) AS s
 """
 
 
@@ -74,7 +74,7 @@ _FROM_STAGE = "INSERT INTO events SELECT * FROM events_in ON CONFLICT DO NOTHING
 _SUPERSEDE = """
     UPDATE events e SET current = false,
                         updated_ms = (extract(epoch FROM now()) * 1000)::bigint
-    FROM unnest(%s::int[], %s::uuid[], %s::bigint[], %s::int[]) AS n (i, id, rcv, rev)
+    FROM unnest(%b::int[], %b::uuid[], %b::bigint[], %b::int[]) AS n (i, id, rcv, rev)
     WHERE e.integration_id = n.i AND e.id = n.id AND e.received_at_ms = n.rcv
       AND e.current AND e.revision < n.rev
 """
