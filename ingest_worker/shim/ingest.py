@@ -198,7 +198,8 @@ async def import_events(request: Request) -> Response:
     rate_limit_rest(d, principal, len(items))
     shaped = [_shaped(index, item) for index, item in enumerate(items)]
     refused = await _refused(d, integration_id, items, shaped)
-    batch = _Import(d, integration_id, key, trace, now_ms())
+    ids = raw.random_event_ids(len(items)) if key is None else None
+    batch = _Import(d, integration_id, key, trace, now_ms(), ids)
     outcomes = [
         refused.get(index) or batch.item(index, item, shaped[index])
         for index, item in enumerate(items)
@@ -252,6 +253,7 @@ class _Import:
     key: str | None
     trace: str
     received_at_ms: int
+    random_ids: list[str] | None  # one per item, without an Idempotency-Key
 
     def item(self, index: int, item: Any, shaped: bytes | ItemError) -> RawRecord | ItemError:
         """The item's record, or why it cannot be published (its shape, or its size)."""
@@ -265,6 +267,7 @@ class _Import:
             idempotency_key=self.key,
             trace=self.trace,
             index=index,
+            random_id=None if self.random_ids is None else self.random_ids[index],
         )
         size = self.deps.publisher.oversize(record)
         if size is None:
