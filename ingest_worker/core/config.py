@@ -141,6 +141,11 @@ class Settings:
         30.0,
         "Longest a worker uses a cached event type if a change notification is lost.",
     )
+    device_cache_size: int = _setting(
+        "INGEST_DEVICE_CACHE_SIZE",
+        100_000,
+        "Most resolved devices a worker keeps in memory (those held longest go first; 0: none).",
+    )
     backoff_max_s: float = _setting(
         "INGEST_BACKOFF_MAX_S", 10.0, "Longest pause between retries while a dependency is down."
     )
@@ -224,6 +229,8 @@ class Settings:
             raise ConfigError(
                 f"INGEST_IDEMPOTENCY_TTL_S must be above 0 and at most {MAX_IDEMPOTENCY_TTL_S:.0f}"
             )
+        if self.device_cache_size < 0:
+            raise ConfigError("INGEST_DEVICE_CACHE_SIZE must be 0 (no cache) or more")
         if self.max_auto_devices < 0:
             raise ConfigError("INGEST_MAX_AUTO_DEVICES must be 0 (no limit) or more")
         if self.event_retention_days < 1:

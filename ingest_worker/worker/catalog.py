@@ -27,9 +27,11 @@ _TABLES = frozenset({"event_types", "integrations", "devices"})
 class Catalog:
     """Known integrations, compiled event types and resolved devices, each with the time it
     was loaded. Devices are immutable in what the worker reads (id, integration, external id,
-    creator), so only deletion has to reach the copy."""
+    creator), so only deletion has to reach the copy. At most `max_devices` devices are held:
+    past that, those loaded longest ago go first (one batched query loads them again)."""
 
     max_age_s: float
+    max_devices: int = 100_000
     integrations: dict[int, float] = field(default_factory=dict)
     types: dict[TypeKey, tuple[EventType, float]] = field(default_factory=dict)
     devices: dict[int, tuple[Device, int, float]] = field(default_factory=dict)
@@ -87,9 +89,14 @@ class Catalog:
             self.forget_device(device_id)
 
     def remember_device(self, device: Device, integration_id: int, now: float) -> None:
+        if self.max_devices <= 0:
+            return
+        self.forget_device(device.id)  # held again: the newest
         self.devices[device.id] = (device, integration_id, now)
         if device.external_id is not None:
             self.device_keys[(integration_id, device.external_id)] = device.id
+        while len(self.devices) > self.max_devices:
+            self.forget_device(next(iter(self.devices)))
 
     def forget_device(self, device_id: int) -> None:
         found = self.devices.pop(device_id, None)

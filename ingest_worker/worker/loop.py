@@ -558,7 +558,7 @@ async def running(
         )
         await pool.open(wait=True, timeout=30)
         stack.push_async_callback(pool.close)
-        catalog = Catalog(max_age_s=settings.catalog_max_age_s)
+        catalog = Catalog(settings.catalog_max_age_s, settings.device_cache_size)
         follower = supervise.board(metrics.registry).start(
             "catalog_follower",
             lambda beat: follow_changes(catalog, database_url, on_listening=beat),

@@ -15,7 +15,7 @@ from ingest_worker.worker.catalog import Catalog
 from ingest_worker.worker.decode import decode
 from ingest_worker.worker.loop import backoff_s, in_record, transactional_id
 from ingest_worker.worker.offsets import OFFSET_BEGINNING, Offsets, Partition, Unsettled
-from ingest_worker.worker.resolve import auto_name
+from ingest_worker.worker.resolve import Device, auto_name
 from ingest_worker.worker.sink import error_class
 
 
@@ -43,6 +43,23 @@ def test_catalog_entries_expire() -> None:
     catalog.integrations = {1: 0.0, 2: 100.0}
     catalog.expire(now=120.0)
     assert list(catalog.integrations) == [2]
+
+
+def test_catalog_holds_at_most_max_devices_dropping_those_held_longest() -> None:
+    catalog = Catalog(max_age_s=30, max_devices=2)
+    for n in (1, 2, 3):
+        catalog.remember_device(Device(n, f"ext-{n}", None), 7, float(n))
+    assert list(catalog.devices) == [2, 3]
+    assert catalog.device_by_key((7, "ext-1")) is None
+    assert catalog.device_by_id(1) is None
+    catalog.remember_device(Device(2, "ext-2", None), 7, 4.0)  # loaded again: the newest
+    catalog.remember_device(Device(4, "ext-4", None), 7, 5.0)
+    assert list(catalog.devices) == [2, 4]
+    assert sorted(catalog.device_keys) == [(7, "ext-2"), (7, "ext-4")]
+    none = Catalog(max_age_s=30, max_devices=0)
+    none.remember_device(Device(1, "ext-1", None), 7, 0.0)
+    assert not none.devices
+    assert not none.device_keys
 
 
 def test_transactional_id_is_the_configured_one_else_unique_per_process() -> None:
