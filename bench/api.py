@@ -4,9 +4,11 @@
 
 Starts Kafka and PostgreSQL (or uses KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL), one
 `ingest-worker api` process, and a baseline process: the same uvicorn server answering a bare
-202. wrk drives each with the same request, connections and duration. The API runs four
-times, with INGEST_API_VALIDATION async, sync, sync, async (a fresh process each), so the
-synchronous checks are compared with the thin shim in the same run.
+202. wrk drives each with the same request, connections and duration (after a 3 s warm-up).
+In order: the baseline, the API with INGEST_API_VALIDATION async, sync, sync, async (a fresh
+process each), the baseline again; so the synchronous checks are compared with the thin shim
+in the same run, and each sync run with the baseline run nearest it. wrk's own CPU (getrusage
+of the reaped child) is reported beside. The figures go into bench/results.json.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
+from workload import Goal, Pair, children_cpu_s, save_figure
 
 from devstack.proc import free_port
 from devstack.stack import services
@@ -33,6 +37,18 @@ from ingest_worker.core.migrate import migrate
 
 HERE = Path(__file__).resolve().parent
 ADMIN = "igw_bench-admin"
+MODES = ["async", "sync", "sync", "async"]
+
+
+class Load(NamedTuple):
+    """What one wrk run measured, and the CPU seconds wrk itself used."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    generator_cpu_s: float
+    requests: int
 
 
 def main() -> None:
@@ -45,20 +61,57 @@ def main() -> None:
         asyncio.run(migrate(database_url, lock_timeout_s=30))
         asyncio.run(ensure_topics(bootstrap, settings))
         results = [("baseline: bare 202", _run_baseline(args))]
-        for mode in [args.validation] if args.validation else ["async", "sync", "sync", "async"]:
+        for mode in [args.validation] if args.validation else MODES:
             args.mode = mode
             results.append((f"ingest, {mode} checks", _run_api(args, bootstrap, database_url)))
+        results.append(("baseline: bare 202", _run_baseline(args)))
     print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, one server process, this machine")
-    print(f"{'server':<22} {'requests/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for name, (rps, p50, p99, errors) in results:
-        print(f"{name:<22} {rps:>12.0f} {p50:>8.2f} {p99:>8.2f} {errors:>8}")
-    rates = {
-        mode: [r[0] for name, r in results if name == f"ingest, {mode} checks"]
-        for mode in ("sync", "async")
-    }
-    if rates["sync"] and rates["async"]:
-        ratio = sum(rates["sync"]) / sum(rates["async"])
-        print(f"sync checks at {ratio:.0%} of async (target >= 85%); runs alternate a, s, s, a")
+    print(
+        f"{'server':<22} {'requests/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+        f"{'wrk µs/req':>11}"
+    )
+    for name, r in results:
+        print(
+            f"{name:<22} {r.rps:>12.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>8} "
+            f"{r.generator_cpu_s * 1e6 / r.requests:>11.1f}"
+        )
+    _save(args, results)
+
+
+def _save(args: argparse.Namespace, results: list[tuple[str, Load]]) -> None:
+    """Each sync run against the baseline run nearer it (the first two against the first),
+    and against the async run beside it (a, s, s, a: the first with the first)."""
+    bases = [r for name, r in results if name.startswith("baseline")]
+    syncs = [(i, r) for i, (name, r) in enumerate(results) if name == "ingest, sync checks"]
+    asyncs = [r for name, r in results if name == "ingest, async checks"]
+    if not syncs:
+        return
+    nearest = [bases[0] if i < len(results) / 2 else bases[-1] for i, _ in syncs]
+    wrk = "wrk -t1: " + ", ".join(
+        f"{r.generator_cpu_s * 1e6 / r.requests:.0f} µs/request" for _, r in results
+    )
+    save_figure(
+        "api_vs_bare",
+        f"API ingest (sync checks, acks=all) vs a bare 202, {args.connections} connections",
+        "requests/s",
+        [Pair(s.rps, b.rps) for (_, s), b in zip(syncs, nearest, strict=True)],
+        Goal(">= 50% of the bare 202", 0.50),
+        "bare 202",
+        note="p99 " + ", ".join(f"{s.p99_ms:.0f}" for _, s in syncs) + " ms",
+        load_generator=wrk,
+        seconds_per_run=args.seconds,
+    )
+    if asyncs:
+        save_figure(
+            "api_sync_vs_async",
+            f"API with sync checks vs async, {args.connections} connections",
+            "requests/s",
+            [Pair(s.rps, a.rps) for (_, s), a in zip(syncs, asyncs, strict=True)],
+            Goal(">= 85% of async", 0.85),
+            "async checks",
+            load_generator=wrk,
+            seconds_per_run=args.seconds,
+        )
 
 
 def _args() -> argparse.Namespace:
@@ -73,7 +126,7 @@ def _args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _run_baseline(args: argparse.Namespace) -> tuple[float, float, float, int]:
+def _run_baseline(args: argparse.Namespace) -> Load:
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "baseline_app:app", "--port", str(port)]
     cmd += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
@@ -113,9 +166,7 @@ def api_process(
         server.wait(30)
 
 
-def _run_api(
-    args: argparse.Namespace, bootstrap: str, database_url: str
-) -> tuple[float, float, float, int]:
+def _run_api(args: argparse.Namespace, bootstrap: str, database_url: str) -> Load:
     with api_process(bootstrap, database_url, INGEST_API_VALIDATION=args.mode) as (url, _):
         path, token, type_id = _integration_and_token(url)
         return _wrk(url, path, token, args, type_id)
@@ -157,18 +208,20 @@ def _wait(url: str, expect_post: bool = False) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def _wrk(
-    url: str, path: str, token: str, args: argparse.Namespace, type_id: str = "1"
-) -> tuple[float, float, float, int]:
+def _wrk(url: str, path: str, token: str, args: argparse.Namespace, type_id: str = "1") -> Load:
     env = {**os.environ, "INGEST_PATH": path, "INGEST_TOKEN": token, "INGEST_TYPE_ID": type_id}
     base = ["wrk", "-t1", f"-c{args.connections}", "--latency", "-s", str(HERE / "ingest.lua")]
     subprocess.run([*base, "-d3s", url], env=env, capture_output=True, check=True)  # warm-up
+    before = children_cpu_s()
     out = subprocess.run(
         [*base, f"-d{args.seconds}s", url], env=env, capture_output=True, text=True, check=True
     ).stdout
+    cpu = children_cpu_s() - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, _ms(out, "50%"), _ms(out, "99%"), int(errors.group(1)) if errors else 0
+    found = int(errors.group(1)) if errors else 0
+    return Load(rps, _ms(out, "50%"), _ms(out, "99%"), found, cpu, max(requests, 1))
 
 
 def _ms(out: str, percentile: str) -> float:

@@ -17,7 +17,10 @@ each generator costs per event. Every import item is valid and names its own dev
 an event id for every item before the clock starts. Each load runs `--seconds` after a 3 s
 warm-up. Generator CPU: wrk's from getrusage of the reaped child, the Python generator's
 from this process's CPU time; the API's from /proc; all over the measured seconds only.
-Rounds alternate their order (ABBA) so a drift in the machine's load falls on all.
+Rounds alternate their order (ABBA) so a drift in the machine's load falls on all. The
+figure (bench/results.json, "imports"): the import of the most items per request, driven by
+wrk, in each round beside that round's ingest route (`--httpx` with no sizes skips the Python
+generator).
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else started here.
 """
 
@@ -27,7 +30,6 @@ import argparse
 import asyncio
 import os
 import re
-import resource
 import subprocess
 import tempfile
 import time
@@ -40,7 +42,7 @@ from typing import Any
 import httpx
 import orjson
 from api import HERE, _integration_and_token, _ms, api_process
-from workload import cpu_s, save_results, stack
+from workload import Goal, Pair, children_cpu_s, cpu_s, save_figure, stack
 
 from devstack.topics import ensure_topics
 from ingest_worker.core.config import Settings
@@ -223,11 +225,11 @@ def _wrk(
     subprocess.run(
         [*base, f"-d{WARMUP_S}s", api.url], env=full_env, capture_output=True, check=True
     )
-    before, api_before = _children_cpu_s(), cpu_s(api.pid)
+    before, api_before = children_cpu_s(), cpu_s(api.pid)
     out = subprocess.run(
         [*base, f"-d{seconds}s", api.url], env=full_env, capture_output=True, text=True, check=True
     ).stdout
-    generator_cpu, api_cpu = _children_cpu_s() - before, cpu_s(api.pid) - api_before
+    generator_cpu, api_cpu = children_cpu_s() - before, cpu_s(api.pid) - api_before
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -245,11 +247,6 @@ def _wrk(
         api_cpu,
         os.getloadavg()[0],
     )
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _httpx(api: Api, body: bytes, batch: int, connections: int, seconds: int) -> Load:
@@ -336,7 +333,7 @@ def _report(args: argparse.Namespace, loads: list[Load]) -> None:
             f"| {x.p99_ms:.1f} | {x.non_2xx} | {f['generator_cpu_us_per_event']:.2f} "
             f"| {f['generator_cpu_cores']:.2f} | {f['api_cpu_us_per_event']:.1f} | {x.load:.1f} |"
         )
-    summary = {}
+    summary = {"ingest_mean_events_per_s": round(rate_ingest)}
     for generator, batch in _plan(args)[1:]:
         runs = [x for x in loads if (x.generator, x.batch) == (generator, batch)]
         rate = sum(x.events_s for x in runs) / len(runs)
@@ -346,15 +343,36 @@ def _report(args: argparse.Namespace, loads: list[Load]) -> None:
             f"the ingest route's {rate_ingest:,.0f} (target >= {TARGET_EVENTS_S:,}): {verdict}"
         )
         summary[f"import_{batch}_{generator}_mean_events_per_s"] = round(rate)
-    save_results(
+    _save(args, loads, summary)
+
+
+def _save(args: argparse.Namespace, loads: list[Load], summary: dict[str, int]) -> None:
+    """The import of the most items per request (wrk) in each round, beside the ingest
+    route's rate in that round."""
+    batch = max(args.batches)
+    per_round = len(_plan(args))
+    rounds = [loads[r : r + per_round] for r in range(0, len(loads), per_round)]
+    pairs = []
+    for loaded in rounds:
+        ingest = next(x for x in loaded if x.batch == 1)
+        chosen = next(x for x in loaded if (x.generator, x.batch) == ("wrk", batch))
+        pairs.append((chosen, ingest))
+    save_figure(
         "imports",
-        {
-            "ingest_mean_events_per_s": round(rate_ingest),
-            **summary,
-            "target": f"import >= {TARGET_EVENTS_S} events/s",
-            "validation": "sync",
-            "loads": [x.as_json() for x in loads],
-        },
+        f"import route, {batch} events per request, {args.import_connections} connections",
+        "events/s",
+        [Pair(x.events_s, i.events_s) for x, i in pairs],
+        Goal(f">= {TARGET_EVENTS_S:,} events/s", TARGET_EVENTS_S, on_ratio=False),
+        "single-event ingest route",
+        note="API CPU "
+        + ", ".join(f"{x.as_json()['api_cpu_us_per_event']:.0f}" for x, _ in pairs)
+        + " µs/event",
+        load_generator="wrk -t1: "
+        + ", ".join(f"{x.as_json()['generator_cpu_us_per_event']:.2f}" for x, _ in pairs)
+        + " µs/event imported",
+        validation="sync",
+        **summary,
+        loads=[x.as_json() for x in loads],
     )
 
 

@@ -6,9 +6,12 @@ producer's own acknowledgement time (produce() to acks=all, the shim's 202) and 
 that acknowledgement to the reader, the part the contender adds.
 
     INGEST_LOG_LEVEL=WARNING .venv/bin/python bench/latency.py [--rate 2000] [--seconds 20]
-        [--partitions 48]
+        [--partitions 48] [--rounds 2]
 
-bench/worker.py runs it after its throughput runs. Each contender gets fresh topics with
+bench/worker.py runs it after its throughput runs. Per round the passthrough, then the
+worker; the worker's p99 is the figure (bench/results.json, "end_to_end"), the passthrough's
+its baseline, and the bench process's own CPU (the paced producer and the reader: the load
+generator) is shown beside them. Each contender gets fresh topics with
 `--partitions`, a fresh event type and group; it starts first, and one probe event must come
 through before the clock starts. An event not seen within 30 s of the last produce counts as
 infinitely late. The raw producer is librdkafka's with acks=all and its default linger (5 ms).
@@ -39,12 +42,15 @@ from workload import (
     WORKER,
     Contender,
     Deliveries,
+    Goal,
+    Pair,
     Scenario,
     check_alive,
     cpu_s,
     produce,
     raw_event,
     running,
+    save_figure,
     scenario,
     stack,
 )
@@ -71,11 +77,13 @@ class Latency:
     ack_p99_ms: float
     after_ack_p99_ms: float
     cpu_share: float
+    generator_cpu_share: float  # the bench process's: the paced producer and the reader
 
     def __str__(self) -> str:
         return (
             f"{self.name:<12} {self.p50_ms:>9.1f} {self.p99_ms:>9.1f} {self.ack_p99_ms:>12.1f} "
             f"{self.after_ack_p99_ms:>14.1f} {self.seen:>7}/{self.sent:<7} {self.cpu_share:>6.0%}"
+            f" {self.generator_cpu_share:>10.0%}"
         )
 
 
@@ -129,15 +137,42 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--partitions", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with stack("bench-latency") as settings:
         runs = [
-            measure(settings, contender, args.partitions, args.rate, args.seconds)
-            for contender in (PASSTHROUGH, WORKER)
+            (
+                measure(settings, PASSTHROUGH, args.partitions, args.rate, args.seconds),
+                measure(settings, WORKER, args.partitions, args.rate, args.seconds),
+            )
+            for _ in range(args.rounds)
         ]
-    print(heading(args.partitions, args.rate, args.seconds))
-    for run in runs:
-        print(run)
+    report(runs, args.partitions, args.rate, args.seconds)
+
+
+def report(
+    runs: list[tuple[Latency, Latency]], partitions: int, rate: float, seconds: float
+) -> None:
+    """Print the runs (passthrough, worker) and keep the worker's p99 as a figure."""
+    print(heading(partitions, rate, seconds))
+    for passthrough, worker in runs:
+        print(passthrough, worker, sep="\n")
+    save_figure(
+        "end_to_end",
+        f"end to end p99 at {rate:,.0f} events/s offered, {partitions} partitions",
+        "ms",
+        [Pair(w.p99_ms, p.p99_ms) for p, w in runs],
+        Goal("p99 <= 300 ms", 300.0, at_least=False, on_ratio=False),
+        "passthrough p99",
+        note="p50 "
+        + ", ".join(f"{w.p50_ms:.0f}" for _, w in runs)
+        + " ms; raw ack p99 "
+        + ", ".join(f"{w.ack_p99_ms:.0f}" for _, w in runs)
+        + " ms",
+        load_generator="the bench process (paced producer and reader): "
+        + ", ".join(f"{w.generator_cpu_share:.0%} of a core" for _, w in runs),
+        seconds_per_run=seconds,
+    )
 
 
 def heading(partitions: int, rate: float, seconds: float) -> str:
@@ -145,7 +180,7 @@ def heading(partitions: int, rate: float, seconds: float) -> str:
         f"\nend to end at {rate:.0f} events/s for {seconds:.0f} s, {partitions} partitions, fresh "
         "topics and group each; ms from produce() to a read_committed reader (target: worker "
         f"p99 <= 300 ms)\n{'process':<12} {'p50':>9} {'p99':>9} {'raw ack p99':>12} "
-        f"{'ack->seen p99':>14} {'seen/sent':>15} {'CPU':>6}"
+        f"{'ack->seen p99':>14} {'seen/sent':>15} {'CPU':>6} {'bench CPU':>10}"
     )
 
 
@@ -160,13 +195,16 @@ def measure(
         with running(contender, scene) as proc:
             _probe(scene, producer, reader, (proc, contender.name))
             cpu_before, before = cpu_s(proc.pid), time.monotonic()
+            own_before = time.process_time()
             trial = _drive(Trial(scene, producer, rate, seconds), reader, (proc, contender.name))
-            share = (cpu_s(proc.pid) - cpu_before) / (time.monotonic() - before)
+            took = time.monotonic() - before
+            share = (cpu_s(proc.pid) - cpu_before) / took
+            own = (time.process_time() - own_before) / took
     finally:
         reader.close()
     if trial.failed:
         raise RuntimeError(f"producing raw events failed: {trial.failed[:3]}")
-    return _summary(contender.name, trial, share)
+    return _summary(contender.name, trial, share, own)
 
 
 def _reader(scene: Scenario, topic: str) -> Consumer:
@@ -216,7 +254,7 @@ def _event_id(record: Message) -> str | None:
     return None
 
 
-def _summary(name: str, trial: Trial, share: float) -> Latency:
+def _summary(name: str, trial: Trial, share: float, own: float) -> Latency:
     """Percentiles over every measured event; one never seen counts as infinitely late."""
     missing = [math.inf] * (len(trial.sent) - len(trial.seen))
     late = sorted([trial.seen[e] - trial.sent[e] for e in trial.seen] + missing)
@@ -233,6 +271,7 @@ def _summary(name: str, trial: Trial, share: float) -> Latency:
         _percentile(acks, 0.99) * 1000,
         _percentile(after, 0.99) * 1000,
         share,
+        own,
     )
 
 

@@ -35,10 +35,12 @@ from workload import (
     HERE,
     WORKER,
     Contender,
+    Goal,
+    Pair,
     create_topics,
     fill,
     records_in,
-    save_results,
+    save_figure,
     scenario,
     stack,
 )
@@ -126,16 +128,20 @@ def main() -> None:
             for n in range(args.rounds)
         ]
     _report(args.events, args.partitions, rounds)
-    save_results(
+    save_figure(
         "quix_peer",
-        {
-            "events": args.events,
-            "partitions": args.partitions,
-            "peer": "bench/quix_peer.py, Quix Streams 3.28.1, exactly-once, commit_interval "
-            "0.1 s, per-record PostgreSQL with a cache",
-            "target_worker_over_peer": TARGET,
-            "runs": [r.as_json() for r in rounds],
-        },
+        f"worker vs a Quix Streams peer, {args.partitions} partitions",
+        "events/s",
+        [Pair(r.worker.rate, r.peer.rate) for r in rounds],
+        Goal(f">= {TARGET:.0f}x the peer", TARGET),
+        "Quix Streams peer",
+        note="first: " + ", ".join("worker" if r.worker_first else "peer" for r in rounds),
+        load_generator="none while rated: the raw topic is filled before",
+        events=args.events,
+        partitions=args.partitions,
+        peer="bench/quix_peer.py, Quix Streams 3.28.1, exactly-once, commit_interval "
+        "0.1 s, per-record PostgreSQL with a cache",
+        details=[r.as_json() for r in rounds],
     )
 
 

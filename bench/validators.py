@@ -1,9 +1,10 @@
 """Attribute validation: jsonschema-rs (used) against jsonschema and fastjsonschema.
 
-    .venv/bin/pip install -e '.[bench]' && .venv/bin/python bench/validators.py
+    .venv/bin/pip install -e '.[bench]' && PYTHONPATH=. .venv/bin/python bench/validators.py
 
 The same event-type schema and attributes for each; time per valid and per invalid instance,
-and what each reports for the invalid one (the worker needs every error with its path).
+and what each reports for the invalid one (the worker needs every error with its path); kept
+in bench/results.json under "validators".
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 import jsonschema_rs
+from workload import save_results
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -70,11 +72,15 @@ def main() -> None:
         "fastjsonschema": (fast_errors, fast_errors),
     }
     print(f"{'library':<16} {'valid µs':>9} {'invalid µs':>11}  errors for the invalid one")
+    found = {}
     for name, (check, report) in runs.items():
         valid, invalid = _micros(check, VALID), _micros(check, INVALID)
         print(
             f"{name:<16} {valid:>9.2f} {invalid:>11.2f}  {len(report(INVALID))}: {report(INVALID)}"
         )
+        found[name] = {"valid_us": round(valid, 2), "invalid_us": round(invalid, 2)}
+        found[name]["errors_for_the_invalid_one"] = len(report(INVALID))
+    save_results("validators", {"calls": N, "libraries": found})
 
 
 def _micros(check: Any, instance: Any) -> float:

@@ -1,6 +1,6 @@
-"""What bench/worker.py, bench/latency.py and bench/devices.py share: the services, a fresh
-scenario (topics and an event type), raw events as the API writes them, the process under test
-and what it used; and bench/results.json, where the newer benchmarks keep their figures."""
+"""What the bench scripts share: the services, a fresh scenario (topics and an event type),
+raw events as the API writes them, the process under test and what it used; and
+bench/results.json, where every script keeps its figures (bench/table.py renders them)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import asyncio
 import dataclasses
 import json
 import os
+import resource
 import secrets
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -69,6 +71,7 @@ WORKER_STREAM_ONLY = WORKER._replace(name="worker-store-off", env={"INGEST_EVENT
 PASSTHROUGH = Contender(
     "passthrough", [sys.executable, str(HERE / "baseline_worker.py")], ".baseline"
 )
+NAIVE = Contender("naive", [sys.executable, str(HERE / "naive_worker.py")], ".naive")
 
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -279,20 +282,97 @@ def peak_rss_kib(pid: int) -> int:
 
 
 RESULTS = HERE / "results.json"
+STARTED_S = time.monotonic()  # when the bench script began (it imports this module first)
 
 
 def save_results(key: str, figures: dict[str, object]) -> None:
-    """Put `figures` under `key` in bench/results.json, with the command, the time and the
-    load average; the other keys stay as they are."""
-    found = orjson.loads(RESULTS.read_bytes()) if RESULTS.exists() else {}
+    """Put `figures` under `key` in bench/results.json, with the command, the time, the load
+    average and the script's wall time so far; the other keys stay as they are."""
+    # json, not orjson: it reads back the Infinity of a p99 whose events were never seen.
+    found = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     found[key] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_average_1_5_15": [round(load, 2) for load in os.getloadavg()],
         "cores": os.cpu_count(),
+        "script_wall_s": round(time.monotonic() - STARTED_S),
         **figures,
     }
     RESULTS.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
+
+
+class Pair(NamedTuple):
+    """One run of a figure: what was measured, and its baseline in the same run (None: the
+    figure has none)."""
+
+    measured: float
+    baseline: float | None
+
+
+class Goal(NamedTuple):
+    """A figure's target: a bound on measured / baseline (`on_ratio`) or on the measured value
+    itself, as `text` says it."""
+
+    text: str
+    bound: float
+    at_least: bool = True
+    on_ratio: bool = True
+
+    def score(self, run: Pair) -> float:
+        if not self.on_ratio:
+            return run.measured
+        assert run.baseline
+        return run.measured / run.baseline
+
+    def met(self, run: Pair) -> bool:
+        score = self.score(run)
+        return score >= self.bound if self.at_least else score <= self.bound
+
+
+def save_figure(
+    key: str,
+    figure: str,
+    unit: str,
+    runs: Sequence[Pair],
+    goal: Goal | None,
+    baseline_name: str = "",
+    **extra: object,
+) -> None:
+    """One row of README's table, in bench/results.json under `key`: the run reported is the
+    median of `runs` by the goal's score (of two, the worse), beside every run, so the
+    spread shows; met or not is that run's. `extra` (a `note` for the table, the load
+    generator's CPU, details) is kept as given."""
+    ordered = sorted(runs, key=goal.score if goal else lambda r: r.measured)
+    worse_middle = (len(ordered) - 1) // 2 if goal is None or goal.at_least else len(ordered) // 2
+    reported = ordered[worse_middle]
+    spread = [round(goal.score(ordered[i]), 3) for i in (0, -1)] if goal else None
+    save_results(
+        key,
+        {
+            "figure": figure,
+            "unit": unit,
+            **_run_json(reported),
+            "baseline_name": baseline_name,
+            "target": goal.text if goal else None,
+            "goal": goal._asdict() if goal else None,
+            "met": goal.met(reported) if goal else None,
+            "runs": [_run_json(r) for r in runs],
+            "spread": spread,
+            **extra,
+        },
+    )
+
+
+def _run_json(run: Pair) -> dict[str, float | None]:
+    baseline = None if run.baseline is None else round(run.baseline, 1)
+    ratio = round(run.measured / run.baseline, 3) if run.baseline else None
+    return {"measured": round(run.measured, 1), "baseline": baseline, "ratio": ratio}
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tree_cpu_s(pid: int) -> float:
