@@ -19,9 +19,7 @@ KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else started here.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from workload import (
     stack,
 )
 
-from devstack.kafka import kafka_version, resolve_jars
+from devstack.kafka import java, kafka_version, resolve_jars
 from ingest_worker.core.config import Settings
 
 TOOLS_POM = HERE.parent / "deploy" / "image" / "kafka" / "pom.xml"
@@ -93,7 +91,7 @@ def measure(
     """One run on a fresh topic with `partitions`."""
     topic = f"bench-ceiling-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, [topic], partitions)
-    cmd = [_java(), "-Xmx512m", "-cp", f"{tools(settings)}/*", MAIN, "--bootstrap-server"]
+    cmd = [java(), "-Xmx512m", "-cp", f"{tools(settings)}/*", MAIN, "--bootstrap-server"]
     cmd += [bootstrap, "--topic", topic, "--num-records", str(records), "--throughput", "-1"]
     cmd += ["--record-size", str(record_bytes), "--warmup-records", str(records // 5)]
     cmd += ["--command-property", "acks=all", *LIBRDKAFKA_BATCHING]
@@ -105,14 +103,6 @@ def measure(
         raise RuntimeError(f"no summary in ProducerPerformance's output: {out[-500:]}")
     rate, mb_s, p99 = (float(x) for x in found[-1])
     return Ceiling(records, record_bytes, partitions, rate, mb_s, p99, cpu)
-
-
-def _java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    if java is None:
-        raise RuntimeError("Java is needed to run Kafka's ProducerPerformance")
-    return java
 
 
 def tool_name() -> str:

@@ -137,12 +137,13 @@ def _maven_copy(pom: Path, libs: Path, log_path: Path) -> None:
     staging.rename(libs)
 
 
-def _java() -> str:
+def java() -> str:
+    """The JDK's `java`: JAVA_HOME's, else the one on PATH."""
     home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    if java is None:
+    path = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if path is None:
         raise StackError("Java 17+ is needed to run the Kafka broker; install a JDK")
-    return java
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ def _install(node: Node, properties: str, libs: Path, cluster_id: str) -> None:
 
 def _java_cmd(node: Node, libs: Path, main: str, jvm: Iterable[str] = ()) -> list[str]:
     log4j = f"-Dlog4j2.configurationFile={node.work_dir / 'log4j2.yaml'}"
-    return [_java(), *jvm, log4j, "-cp", f"{libs}/*", main]
+    return [java(), *jvm, log4j, "-cp", f"{libs}/*", main]
 
 
 def _spawn(node: Node, libs: Path, max_heap: str) -> _Launch:
