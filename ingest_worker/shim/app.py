@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest_worker.core import supervise, tracing
+from ingest_worker.core import collector, supervise, tracing
 from ingest_worker.core.config import Settings
 from ingest_worker.core.errors import DependencyUnavailable
 from ingest_worker.core.metrics import CONTENT_TYPE, ApiMetrics
@@ -164,6 +164,7 @@ def build(settings: Settings, endpoints: tuple[str, str] | None = None) -> ASGIA
         try:
             async with _resources(settings, bootstrap, database_url, registry) as found:
                 app.state.deps = found
+                collector.settle_after_start()
                 yield
         finally:
             if traces is not None:

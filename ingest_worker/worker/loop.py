@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ingest_worker.core import rdkafka, supervise, tracing
+from ingest_worker.core import collector, rdkafka, supervise, tracing
 from ingest_worker.core.config import Settings
 from ingest_worker.core.encode import OutRecord
 from ingest_worker.core.errors import ConfigError, DependencyUnavailable
@@ -581,6 +581,7 @@ async def running(
         stack.push_async_callback(worker.close)  # the consumer, then whichever sink is current
         await worker.on_consumer(worker.subscribe)
         log.info("transactional producer ready", extra={"transactional_id": txn_id})
+        collector.settle_after_start()
         yield worker
 
 
