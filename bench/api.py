@@ -20,14 +20,16 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import httpx
-from workload import Goal, Pair, children_cpu_s, save_figure
+import orjson
+from workload import Goal, Pair, children_cpu_s, cpu_s, save_figure
 
 from devstack.proc import free_port
 from devstack.stack import services
@@ -38,6 +40,7 @@ from ingest_worker.core.migrate import migrate
 HERE = Path(__file__).resolve().parent
 ADMIN = "igw_bench-admin"
 MODES = ["async", "sync", "sync", "async"]
+PROFILE_RATE = 100  # py-spy samples per second
 
 
 class Load(NamedTuple):
@@ -60,11 +63,12 @@ def main() -> None:
         bootstrap, database_url = found.kafka_bootstrap_servers, found.database_url
         asyncio.run(migrate(database_url, lock_timeout_s=30))
         asyncio.run(ensure_topics(bootstrap, settings))
-        results = [("baseline: bare 202", _run_baseline(args))]
-        for mode in [args.validation] if args.validation else MODES:
+        results = [("baseline: bare 202", _run_baseline(args, "1-bare202"))]
+        for n, mode in enumerate([args.validation] if args.validation else MODES, 2):
             args.mode = mode
-            results.append((f"ingest, {mode} checks", _run_api(args, bootstrap, database_url)))
-        results.append(("baseline: bare 202", _run_baseline(args)))
+            load = _run_api(args, bootstrap, database_url, f"{n}-ingest-{mode}")
+            results.append((f"ingest, {mode} checks", load))
+        results.append(("baseline: bare 202", _run_baseline(args, f"{len(results) + 1}-bare202")))
     print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, one server process, this machine")
     print(
         f"{'server':<22} {'requests/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
@@ -75,7 +79,8 @@ def main() -> None:
             f"{name:<22} {r.rps:>12.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.errors:>8} "
             f"{r.generator_cpu_s * 1e6 / r.requests:>11.1f}"
         )
-    _save(args, results)
+    if args.profile is None:  # profiled runs are slowed by the sampling
+        _save(args, results)
 
 
 def _save(args: argparse.Namespace, results: list[tuple[str, Load]]) -> None:
@@ -123,10 +128,70 @@ def _args() -> argparse.Namespace:
         choices=["sync", "async"],
         help="INGEST_API_VALIDATION of the one run (default: both, alternating)",
     )
+    parser.add_argument("--profile", type=Path, help="py-spy each measured run into this dir")
     return parser.parse_args()
 
 
-def _run_baseline(args: argparse.Namespace) -> Load:
+def thread_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """Each live thread of `pid`: its name and CPU seconds (user + system)."""
+    found = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        ticks = int(fields[11]) + int(fields[12])
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        found[int(stat.parent.name)] = (name, ticks / os.sysconf("SC_CLK_TCK"))
+    return found
+
+
+class Spy:
+    """py-spy sampling process `pid` for `seconds` (`-f raw`, thread ids, C frames; with
+    `idle`, waiting threads too: a wall-clock profile) into `out`, and each of its threads'
+    CPU seconds over the same window: the window ends after `seconds`, or at `finish()` if
+    that comes first (call it while the process lives). `finish(**facts)` writes the threads
+    and the facts (what was done meanwhile) into `out` with `.json`, once py-spy has written
+    its samples."""
+
+    def __init__(self, pid: int, out: Path, seconds: float, idle: bool = False) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.pid, self.out = pid, out
+        spy = [str(HERE.parent / ".venv/bin/py-spy"), "record", "-p", str(pid), "--native"]
+        spy += ["-d", str(max(1, round(seconds))), "-r", str(PROFILE_RATE), "--threads"]
+        spy += ["--idle"] if idle else []
+        self._lock = threading.Lock()
+        self._before, self._started = thread_cpu_s(pid), time.monotonic()
+        self._after: dict[int, tuple[str, float]] | None = None
+        self._took = 0.0
+        self._proc = subprocess.Popen(
+            [*spy, "-f", "raw", "-o", str(out)], stdout=subprocess.DEVNULL
+        )
+        self._timer = threading.Timer(seconds, self._window_ends)
+        self._timer.start()
+
+    def _window_ends(self) -> None:
+        with self._lock:
+            if self._after is None:
+                self._after, self._took = thread_cpu_s(self.pid), time.monotonic() - self._started
+
+    def finish(self, **facts: object) -> None:
+        self._timer.cancel()
+        self._window_ends()
+        self._proc.wait(120)
+        assert self._after is not None
+        threads = [
+            {"tid": tid, "name": name, "cpu_s": round(cpu - self._before.get(tid, (name, 0))[1], 3)}
+            for tid, (name, cpu) in sorted(self._after.items())
+        ]
+        document = {"pid": self.pid, "seconds": round(self._took, 3), "threads": threads, **facts}
+        document["idle_sampled"] = "--idle" in cast("list[str]", self._proc.args)
+        indented = orjson.dumps(document, option=orjson.OPT_INDENT_2)
+        self.out.with_suffix(".json").write_bytes(indented)
+
+
+def _run_baseline(args: argparse.Namespace, label: str) -> Load:
     port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "baseline_app:app", "--port", str(port)]
     cmd += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
@@ -134,7 +199,7 @@ def _run_baseline(args: argparse.Namespace) -> Load:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait(f"{url}/v1/integrations/1/events", expect_post=True)
-        return _wrk(url, "/v1/integrations/1/events", "unused", args)
+        return _wrk(url, "/v1/integrations/1/events", "unused", args, (server.pid, label))
     finally:
         server.terminate()
         server.wait(30)
@@ -166,10 +231,10 @@ def api_process(
         server.wait(30)
 
 
-def _run_api(args: argparse.Namespace, bootstrap: str, database_url: str) -> Load:
-    with api_process(bootstrap, database_url, INGEST_API_VALIDATION=args.mode) as (url, _):
+def _run_api(args: argparse.Namespace, bootstrap: str, database_url: str, label: str) -> Load:
+    with api_process(bootstrap, database_url, INGEST_API_VALIDATION=args.mode) as (url, pid):
         path, token, type_id = _integration_and_token(url)
-        return _wrk(url, path, token, args, type_id)
+        return _wrk(url, path, token, args, (pid, label), type_id)
 
 
 # The event type of ingest.lua's body, so that the synchronous checks pass it.
@@ -208,19 +273,32 @@ def _wait(url: str, expect_post: bool = False) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
-def _wrk(url: str, path: str, token: str, args: argparse.Namespace, type_id: str = "1") -> Load:
+def _wrk(
+    url: str,
+    path: str,
+    token: str,
+    args: argparse.Namespace,
+    server: tuple[int, str],
+    type_id: str = "1",
+) -> Load:
+    """wrk against `server` (its pid, and a label naming its profile with `--profile`)."""
     env = {**os.environ, "INGEST_PATH": path, "INGEST_TOKEN": token, "INGEST_TYPE_ID": type_id}
     base = ["wrk", "-t1", f"-c{args.connections}", "--latency", "-s", str(HERE / "ingest.lua")]
     subprocess.run([*base, "-d3s", url], env=env, capture_output=True, check=True)  # warm-up
-    before = children_cpu_s()
+    pid, label = server
+    to = args.profile
+    spy = None if to is None else Spy(pid, to / f"api-{label}.txt", args.seconds)
+    before, server_before = children_cpu_s(), cpu_s(pid)
     out = subprocess.run(
         [*base, f"-d{args.seconds}s", url], env=env, capture_output=True, text=True, check=True
     ).stdout
-    cpu = children_cpu_s() - before
+    cpu, server_cpu = children_cpu_s() - before, cpu_s(pid) - server_before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     found = int(errors.group(1)) if errors else 0
+    if spy is not None:
+        spy.finish(requests=requests, requests_per_s=rps, server_cpu_s=server_cpu, wrk_cpu_s=cpu)
     return Load(rps, _ms(out, "50%"), _ms(out, "99%"), found, cpu, max(requests, 1))
 
 

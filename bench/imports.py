@@ -20,7 +20,10 @@ from this process's CPU time; the API's from /proc; all over the measured second
 Rounds alternate their order (ABBA) so a drift in the machine's load falls on all. The
 figure (bench/results.json, "imports"): the import of the most items per request, driven by
 wrk, in each round beside that round's ingest route (`--httpx` with no sizes skips the Python
-generator).
+generator). With `--profile DIR`, py-spy samples the API over each measured wrk run (as
+bench/api.py's `--profile` does, into DIR: `imports-{n}-{route}-{batch}.txt`, beside a `.json`
+of its threads' CPU seconds, the requests and the events); those runs are slowed by the
+sampling, so their figures are printed only, never saved.
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else started here.
 """
 
@@ -41,7 +44,7 @@ from typing import Any
 
 import httpx
 import orjson
-from api import HERE, _integration_and_token, _ms, api_process
+from api import HERE, Spy, _integration_and_token, _ms, api_process
 from workload import Goal, Pair, children_cpu_s, cpu_s, save_figure, stack
 
 from devstack.topics import ensure_topics
@@ -123,9 +126,10 @@ def main() -> None:
     with stack("bench-imports") as settings, tempfile.TemporaryDirectory() as tmp:
         asyncio.run(ensure_topics(str(settings.kafka_bootstrap_servers), settings))
         plan = _plan(args)
-        loads = []
+        loads: list[Load] = []
         for r in range(args.rounds):
             for what in plan if r % 2 == 0 else plan[::-1]:
+                args.label = f"{len(loads) + 1}-{'ingest' if what[1] == 1 else 'import'}-{what[1]}"
                 loads.append(_measure(settings, args, what, Path(tmp)))
                 print(_line(loads[-1]), flush=True)
     _report(args, loads)
@@ -139,6 +143,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--import-connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--httpx", type=int, nargs="*", default=[100], help="batches, Python")
+    parser.add_argument("--profile", type=Path, help="py-spy each measured wrk run into this dir")
     return parser.parse_args()
 
 
@@ -159,7 +164,7 @@ def _measure(
                 "INGEST_TOKEN": api.token,
                 "INGEST_TYPE_ID": api.type_id,
             }
-            return _wrk(api, HERE / "ingest.lua", env, args.connections, args.seconds, "ingest")
+            return _wrk(api, HERE / "ingest.lua", env, args, args.connections, "ingest")
         body = _import_body(batch, int(api.type_id))
         _check_import(api, body, batch)
         if generator == "httpx":
@@ -169,9 +174,7 @@ def _measure(
         env = {"IMPORT_PATH": f"{api.path}/import", "INGEST_TOKEN": api.token}
         env["IMPORT_BODY_FILE"] = str(tmp / "body.json")
         name = f"import {batch}"
-        return _wrk(
-            api, tmp / "import.lua", env, args.import_connections, args.seconds, name, batch
-        )
+        return _wrk(api, tmp / "import.lua", env, args, args.import_connections, name, batch)
 
 
 @contextmanager
@@ -214,17 +217,21 @@ def _wrk(
     api: Api,
     script: Path,
     env: dict[str, str],
+    args: argparse.Namespace,
     connections: int,
-    seconds: int,
     name: str,
     batch: int = 1,
 ) -> Load:
-    """wrk -t1 against the API; its CPU is the reaped child's, over the measured run only."""
+    """wrk -t1 against the API for `args.seconds`; its CPU is the reaped child's, over the
+    measured run only (py-spy samples the API meanwhile with `args.profile`)."""
+    seconds: int = args.seconds
     base = ["wrk", "-t1", f"-c{connections}", "--latency", "-s", str(script)]
     full_env = {**os.environ, **env}
     subprocess.run(
         [*base, f"-d{WARMUP_S}s", api.url], env=full_env, capture_output=True, check=True
     )
+    to = args.profile
+    spy = None if to is None else Spy(api.pid, to / f"imports-{args.label}.txt", seconds)
     before, api_before = children_cpu_s(), cpu_s(api.pid)
     out = subprocess.run(
         [*base, f"-d{seconds}s", api.url], env=full_env, capture_output=True, text=True, check=True
@@ -233,6 +240,8 @@ def _wrk(
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if spy is not None:
+        spy.finish(requests=requests, events=requests * batch, api_cpu_s=api_cpu)
     return Load(
         name,
         "wrk",
@@ -343,7 +352,8 @@ def _report(args: argparse.Namespace, loads: list[Load]) -> None:
             f"the ingest route's {rate_ingest:,.0f} (target >= {TARGET_EVENTS_S:,}): {verdict}"
         )
         summary[f"import_{batch}_{generator}_mean_events_per_s"] = round(rate)
-    _save(args, loads, summary)
+    if args.profile is None:  # profiled runs are slowed by the sampling
+        _save(args, loads, summary)
 
 
 def _save(args: argparse.Namespace, loads: list[Load], summary: dict[str, int]) -> None:

@@ -6,7 +6,7 @@ producer's own acknowledgement time (produce() to acks=all, the shim's 202) and 
 that acknowledgement to the reader, the part the contender adds.
 
     INGEST_LOG_LEVEL=WARNING .venv/bin/python bench/latency.py [--rate 2000] [--seconds 20]
-        [--partitions 48] [--rounds 2]
+        [--partitions 48] [--rounds 2] [--profile DIR [--idle]]
 
 bench/worker.py runs it after its throughput runs. Per round the passthrough, then the
 worker; the worker's p99 is the figure (bench/results.json, "end_to_end"), the passthrough's
@@ -18,6 +18,13 @@ infinitely late. The raw producer is librdkafka's with acks=all and its default 
 Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else started here.
 The warm-up is 5 s because a run's topics are created just before it: for the first 2 to 3 s
 the broker acknowledges even the raw producer's plain writes late (seen up to 2 s at p99).
+
+With `--profile DIR`, py-spy samples each contender from the end of its probe to its last
+produce (bench/api.py's `Spy`, into DIR: `latency-run{n}-{name}.txt`, beside a `.json` of its
+threads' CPU seconds and the events produced meanwhile; `--idle`: waiting threads too, a
+wall-clock profile), and the worker serves its metrics (INGEST_WORKER_HTTP_PORT), read into
+`latency-run{n}-{name}.metrics.txt` at the end. Those runs are slowed by the sampling, so
+their figures are printed only, never saved.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ import math
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
+from api import Spy
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -55,6 +65,7 @@ from workload import (
     stack,
 )
 
+from devstack.proc import free_port
 from ingest_worker.core.config import Settings
 
 WARMUP_S = 5.0
@@ -63,6 +74,7 @@ PROBE_S = 120.0
 READ_WAIT_S = 0.005
 
 UnderTest = tuple[subprocess.Popen[bytes], str]
+Spied = tuple[Path, str, bool]  # a profile's directory, its run's label, and whether --idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,25 +150,43 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--partitions", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", type=Path, help="py-spy each contender into this dir")
+    parser.add_argument("--idle", action="store_true", help="with --profile: wall clock")
     args = parser.parse_args()
     with stack("bench-latency") as settings:
         runs = [
             (
-                measure(settings, PASSTHROUGH, args.partitions, args.rate, args.seconds),
-                measure(settings, WORKER, args.partitions, args.rate, args.seconds),
+                measure(settings, PASSTHROUGH, *_plan(args), _spied(args, n)),
+                measure(settings, WORKER, *_plan(args), _spied(args, n)),
             )
-            for _ in range(args.rounds)
+            for n in range(args.rounds)
         ]
-    report(runs, args.partitions, args.rate, args.seconds)
+    report(runs, args.partitions, args.rate, args.seconds, save=args.profile is None)
+
+
+def _plan(args: argparse.Namespace) -> tuple[int, float, float]:
+    return args.partitions, args.rate, args.seconds
+
+
+def _spied(args: argparse.Namespace, n: int) -> Spied | None:
+    """Run `n`'s profile (`--profile`), or None."""
+    return None if args.profile is None else (args.profile, f"run{n + 1}", args.idle)
 
 
 def report(
-    runs: list[tuple[Latency, Latency]], partitions: int, rate: float, seconds: float
+    runs: list[tuple[Latency, Latency]],
+    partitions: int,
+    rate: float,
+    seconds: float,
+    save: bool = True,
 ) -> None:
-    """Print the runs (passthrough, worker) and keep the worker's p99 as a figure."""
+    """Print the runs (passthrough, worker) and keep the worker's p99 as a figure (unless
+    the runs were profiled, `save` False)."""
     print(heading(partitions, rate, seconds))
     for passthrough, worker in runs:
         print(passthrough, worker, sep="\n")
+    if not save:
+        return
     save_figure(
         "end_to_end",
         f"end to end p99 at {rate:,.0f} events/s offered, {partitions} partitions",
@@ -185,26 +215,52 @@ def heading(partitions: int, rate: float, seconds: float) -> str:
 
 
 def measure(
-    settings: Settings, contender: Contender, partitions: int, rate: float, seconds: float
+    settings: Settings,
+    contender: Contender,
+    partitions: int,
+    rate: float,
+    seconds: float,
+    spied: Spied | None = None,
 ) -> Latency:
-    """One run of `contender` on fresh topics at `rate` events/s."""
+    """One run of `contender` on fresh topics at `rate` events/s (profiled with `spied`)."""
     scene = scenario(settings, partitions)
     reader = _reader(scene, scene.settings.accepted_topic + contender.output_suffix)
     producer = Producer({"bootstrap.servers": scene.bootstrap, "acks": "all", "linger.ms": 5})
+    port = free_port()
+    if spied is not None:
+        contender = contender._replace(env={**contender.env, "INGEST_WORKER_HTTP_PORT": str(port)})
     try:
         with running(contender, scene) as proc:
             _probe(scene, producer, reader, (proc, contender.name))
+            spy = None if spied is None else _spy(proc.pid, contender, spied, seconds)
             cpu_before, before = cpu_s(proc.pid), time.monotonic()
             own_before = time.process_time()
             trial = _drive(Trial(scene, producer, rate, seconds), reader, (proc, contender.name))
             took = time.monotonic() - before
             share = (cpu_s(proc.pid) - cpu_before) / took
             own = (time.process_time() - own_before) / took
+            if spy is not None:
+                spy.finish(events=trial.produced, cpu_share=round(share, 3))
+                _keep_metrics(port, spy.out.with_suffix(".metrics.txt"))
     finally:
         reader.close()
     if trial.failed:
         raise RuntimeError(f"producing raw events failed: {trial.failed[:3]}")
     return _summary(contender.name, trial, share, own)
+
+
+def _spy(pid: int, contender: Contender, spied: Spied, seconds: float) -> Spy:
+    """py-spy on the contender over the paced run (its warm-up included)."""
+    directory, label, idle = spied
+    return Spy(pid, directory / f"latency-{label}-{contender.name}.txt", WARMUP_S + seconds, idle)
+
+
+def _keep_metrics(port: int, out: Path) -> None:
+    """The worker's metrics as it serves them now (none from the passthrough)."""
+    try:
+        out.write_text(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
+    except httpx.HTTPError as exc:
+        out.write_text(f"# no metrics: {exc!r}\n")
 
 
 def _reader(scene: Scenario, topic: str) -> Consumer:

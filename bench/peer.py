@@ -2,7 +2,7 @@
 (bench/quix_peer.py: exactly-once, per-record PostgreSQL with a cache), in the same run.
 
     INGEST_LOG_LEVEL=WARNING PYTHONPATH=. .venv/bin/python bench/peer.py [--events 100000]
-        [--partitions 6] [--rounds 1]
+        [--partitions 6] [--rounds 1] [--profile DIR [--idle]]
 
 Per round: fresh raw, accepted and rejected topics (and the peer's `.quix` accepted and
 rejected topics) with `--partitions` partitions and a fresh integration, `--events` raw
@@ -18,6 +18,12 @@ venv of its own, .local/quix-venv, made here on first use (QUIX_REQUIREMENTS, an
 project installed editable without its dependencies). The figures go into
 bench/results.json under "quix_peer". Kafka and PostgreSQL: KAFKA_BOOTSTRAP_SERVERS and
 DATABASE_URL if set, else started here.
+
+With `--profile DIR`, py-spy samples each process of each run for PROFILE_S from its group's
+first commit seen (bench/api.py's `Spy`, into DIR: `peer-round{n}-{first}-first-{name}.txt`,
+beside a `.json` of its threads' CPU seconds, the events its group committed in the window
+and PostgreSQL's CPU seconds meanwhile); `--idle` samples waiting threads too (wall clock).
+Those runs are slowed by the sampling, so their figures are printed only, never saved.
 """
 
 from __future__ import annotations
@@ -31,18 +37,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import worker as rating
+from api import Spy
+from confluent_kafka import Consumer, TopicPartition
 from workload import (
     HERE,
     WORKER,
     Contender,
     Goal,
     Pair,
+    Scenario,
     create_topics,
     fill,
+    postmaster_pid,
     records_in,
+    running,
     save_figure,
     scenario,
     stack,
+    tree_cpu_s,
 )
 
 from ingest_worker.core.config import Settings
@@ -58,6 +70,7 @@ QUIX_REQUIREMENTS = [
     "orjson>=3.10,<4",
 ]
 OUTPUT_SUFFIX = ".quix"  # bench/quix_peer.py's
+PROFILE_S = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +133,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--profile", type=Path, help="py-spy each process into this dir")
+    parser.add_argument("--idle", action="store_true", help="with --profile: wall clock")
     args = parser.parse_args()
     contender = peer(quix_python())
     with stack("bench-peer") as settings:
-        rounds = [
-            _round(settings, contender, args.partitions, args.events, worker_first=n % 2 == 1)
-            for n in range(args.rounds)
-        ]
+        rounds = [_round(settings, contender, args, n) for n in range(args.rounds)]
     _report(args.events, args.partitions, rounds)
+    if args.profile is not None:  # profiled runs are slowed by the sampling
+        return
     save_figure(
         "quix_peer",
         f"worker vs a Quix Streams peer, {args.partitions} partitions",
@@ -145,21 +159,23 @@ def main() -> None:
     )
 
 
-def _round(
-    settings: Settings, contender: Contender, partitions: int, events: int, *, worker_first: bool
-) -> Round:
-    """The peer and the worker, one after the other, on one freshly filled raw topic."""
+def _round(settings: Settings, contender: Contender, args: argparse.Namespace, n: int) -> Round:
+    """The peer and the worker, one after the other, on one freshly filled raw topic (round
+    `n`: the worker first in odd ones)."""
+    partitions, events, worker_first = args.partitions, args.events, n % 2 == 1
     scene = scenario(settings, partitions)
     named = scene.settings
     outputs = [named.accepted_topic + OUTPUT_SUFFIX, named.rejected_topic + OUTPUT_SUFFIX]
     create_topics(scene.bootstrap, outputs, partitions)
     fill(scene, events, int(time.time() * 1000))
+    first = "worker" if worker_first else "peer"
+    spied = None if args.profile is None else (args.profile, f"round{n + 1}-{first}-first", args)
     if worker_first:
-        worker_run = rating._measure(scene, WORKER, events)
-        peer_run = rating._measure(scene, contender, events)
+        worker_run = _measure(scene, WORKER, events, spied)
+        peer_run = _measure(scene, contender, events, spied)
     else:
-        peer_run = rating._measure(scene, contender, events)
-        worker_run = rating._measure(scene, WORKER, events)
+        peer_run = _measure(scene, contender, events, spied)
+        worker_run = _measure(scene, WORKER, events, spied)
     return Round(
         peer_run,
         worker_run,
@@ -168,6 +184,74 @@ def _round(
         os.getloadavg(),
         worker_first,
     )
+
+
+class Watched:
+    """The group's committed offsets' sum (as bench/worker.py reads it); at the first commit
+    seen, py-spy starts on the process for PROFILE_S, and the commits and PostgreSQL's CPU
+    seconds seen within that window are kept."""
+
+    def __init__(
+        self, scene: Scenario, contender: Contender, pid: int, spied: tuple[Path, str, bool]
+    ) -> None:
+        raw = scene.settings.raw_topic
+        self._partitions = [TopicPartition(raw, p) for p in range(scene.partitions)]
+        self._looker = Consumer(
+            {"bootstrap.servers": scene.bootstrap, "group.id": scene.group(contender)}
+            | {"enable.auto.commit": False}
+        )
+        self._postmaster = postmaster_pid(str(scene.settings.database_url))
+        self._pid, (directory, label, self._idle) = pid, spied
+        self._out = directory / f"peer-{label}-{contender.name}.txt"
+        self.spy: Spy | None = None
+        self._started = 0.0
+        self.marks: list[tuple[int, float]] = []  # (committed, PostgreSQL CPU s) in the window
+
+    def __call__(self) -> int | None:
+        done = rating._committed(self._looker, self._partitions)
+        if done and self.spy is None:
+            self.spy = Spy(self._pid, self._out, PROFILE_S, idle=self._idle)
+            self._started = time.monotonic()
+        if done and time.monotonic() - self._started <= PROFILE_S:
+            self.marks[1:] = [(done, tree_cpu_s(self._postmaster))]
+            self.marks[:1] = self.marks[:1] or self.marks[1:]
+        return done
+
+    def close(self) -> None:
+        self._looker.close()
+
+    def finish(self, run: rating.Run) -> None:
+        """Write the profile's facts (while the process still lives)."""
+        if self.spy is None:
+            return
+        (first, pg_first), (last, pg_last) = self.marks[0], self.marks[-1]
+        self.spy.finish(
+            events=last - first,
+            postgres_cpu_s=round(pg_last - pg_first, 3),
+            run_events_per_s=round(run.rate),
+            run_cpu_us_per_event=round(run.cpu_us, 1),
+        )
+
+
+def _measure(
+    scene: Scenario,
+    contender: Contender,
+    count: int,
+    spied: tuple[Path, str, argparse.Namespace] | None,
+) -> rating.Run:
+    """bench/worker.py's rating of the contender, profiled when `spied` (the directory, the
+    run's label and the arguments) says so."""
+    if spied is None:
+        return rating._measure(scene, contender, count)
+    directory, label, args = spied
+    with running(contender, scene) as proc:
+        watched = Watched(scene, contender, proc.pid, (directory, label, args.idle))
+        try:
+            run = rating._watch(proc, contender.name, watched, count)
+            watched.finish(run)
+        finally:
+            watched.close()
+        return run
 
 
 def _report(events: int, partitions: int, rounds: list[Round]) -> None:
