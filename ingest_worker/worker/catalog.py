@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -34,7 +35,8 @@ class Catalog:
     max_devices: int = 100_000
     integrations: dict[int, float] = field(default_factory=dict)
     types: dict[TypeKey, tuple[EventType, float]] = field(default_factory=dict)
-    devices: dict[int, tuple[Device, int, float]] = field(default_factory=dict)
+    # Oldest first: evicting from the front of a plain dict walks every slot freed there.
+    devices: OrderedDict[int, tuple[Device, int, float]] = field(default_factory=OrderedDict)
     device_keys: dict[tuple[int, str], int] = field(default_factory=dict)
     swept_at: float = 0.0
     broken: set[StoredKey] = field(default_factory=set)
@@ -100,8 +102,11 @@ class Catalog:
 
     def forget_device(self, device_id: int) -> None:
         found = self.devices.pop(device_id, None)
-        if found is not None and found[0].external_id is not None:
-            self.device_keys.pop((found[1], found[0].external_id), None)
+        if found is None or found[0].external_id is None:
+            return
+        key = (found[1], found[0].external_id)
+        if self.device_keys.get(key) == device_id:  # not a newer device with the same key
+            del self.device_keys[key]
 
     def device_by_key(self, key: tuple[int, str]) -> Device | None:
         device_id = self.device_keys.get(key)

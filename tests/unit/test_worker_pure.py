@@ -56,6 +56,11 @@ def test_catalog_holds_at_most_max_devices_dropping_those_held_longest() -> None
     catalog.remember_device(Device(4, "ext-4", None), 7, 5.0)
     assert list(catalog.devices) == [2, 4]
     assert sorted(catalog.device_keys) == [(7, "ext-2"), (7, "ext-4")]
+    # A device re-created under the same key (its delete's notification lost): dropping
+    # the old one keeps the key on the new one.
+    catalog.remember_device(Device(9, "ext-2", None), 7, 6.0)
+    catalog.forget_device(2)
+    assert catalog.device_by_key((7, "ext-2")) == Device(9, "ext-2", None)
     none = Catalog(max_age_s=30, max_devices=0)
     none.remember_device(Device(1, "ext-1", None), 7, 0.0)
     assert not none.devices
