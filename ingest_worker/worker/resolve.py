@@ -78,13 +78,7 @@ async def external_devices(
         return Found({}, set())
     if max_auto > 0:
         return await _capped(conn, wanted, max_auto)
-    found = await _find_or_create(conn, wanted)
-    # A device another replica committed after this statement began: not inserted here (a
-    # conflict), and not in its snapshot either.
-    unseen = sorted(k for k in wanted if k not in found)
-    if unseen:
-        found.update(await _read_external(conn, unseen))
-    return Found(found, set())
+    return Found(await _find_or_create(conn, wanted), set())
 
 
 async def _capped(conn: Conn, wanted: dict[tuple[int, str], str], max_auto: int) -> Found:
@@ -93,8 +87,11 @@ async def _capped(conn: Conn, wanted: dict[tuple[int, str], str], max_auto: int)
     if not missing:
         return Found(found, set())
     refused = await _over_cap(conn, missing, max_auto)
-    await _insert_external(conn, {k: v for k, v in missing.items() if k not in refused})
-    found.update(await _read_external(conn, sorted(missing)))
+    found.update(
+        await _find_or_create(conn, {k: v for k, v in missing.items() if k not in refused})
+    )
+    if refused:
+        found.update(await _read_external(conn, sorted(refused)))
     return Found(found, refused)
 
 
@@ -124,6 +121,10 @@ _FIND_OR_CREATE = """
 async def _find_or_create(
     conn: Conn, wanted: dict[tuple[int, str], str]
 ) -> dict[tuple[int, str], Device]:
+    """The devices of `wanted`, those missing inserted in key order (concurrent batches lock
+    rows in the same order); a row another replica made meanwhile is left as it is."""
+    if not wanted:
+        return {}
     keys = sorted(wanted)
     async with conn.cursor(row_factory=tuple_row) as cur:
         await cur.execute(
@@ -135,33 +136,13 @@ async def _find_or_create(
                 [wanted[k] for k in keys],
             ),
         )
-        return {(row[0], row[1]): Device(row[2], row[1], row[3]) for row in await cur.fetchall()}
-
-
-async def _insert_external(conn: Conn, allowed: dict[tuple[int, str], str]) -> None:
-    """Insert the devices in key order (concurrent batches lock rows in the same order); a
-    row another replica made meanwhile is left as it is."""
-    keys = sorted(allowed)
-    if not keys:
-        return
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(
-            """
-            INSERT INTO devices (integration_id, external_id, name, auto_created, created_by_event)
-            SELECT w.integration_id, w.external_id, w.name, true, w.creator
-            FROM unnest(%b::int[], %b::text[], %b::text[], %b::uuid[])
-                 AS w (integration_id, external_id, name, creator)
-            JOIN integrations i ON i.id = w.integration_id
-            ORDER BY w.integration_id, w.external_id
-            ON CONFLICT (integration_id, external_id) DO NOTHING
-            """,
-            (
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [auto_name(k[1]) for k in keys],
-                [allowed[k] for k in keys],
-            ),
-        )
+        found = {(row[0], row[1]): Device(row[2], row[1], row[3]) for row in await cur.fetchall()}
+    # A device another replica committed after the statement began: not inserted here (a
+    # conflict), and not in its snapshot either.
+    unseen = [k for k in keys if k not in found]
+    if unseen:
+        found.update(await _read_external(conn, unseen))
+    return found
 
 
 async def _read_external(conn: Conn, keys: list[tuple[int, str]]) -> dict[tuple[int, str], Device]:
