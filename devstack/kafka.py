@@ -18,7 +18,7 @@ import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +72,11 @@ def broker_properties(
     node_id: int = 1,
     voters: str | None = None,
     replicas: int = 1,
+    overrides: Mapping[str, str] | None = None,
 ) -> str:
     """server.properties of a node that can run transactions: alone by default; else one of
     `voters` (`id@host:port,...`) keeping `replicas` copies of every partition, of which a
-    majority must be in sync for an `acks=all` write to count."""
+    majority must be in sync for an `acks=all` write to count. `overrides` win."""
     in_sync = str(replicas // 2 + 1)
     settings = {
         "process.roles": "broker,controller",
@@ -97,6 +98,7 @@ def broker_properties(
         "default.replication.factor": str(replicas),
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
+        **(overrides or {}),
     }
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
@@ -223,14 +225,20 @@ def _wait_started(node: Node, launch: _Launch, timeout_s: float) -> None:
 
 @contextmanager
 def local_broker(
-    work_dir: Path, cache_dir: Path, timeout_s: float = 120, ports: tuple[int, int] | None = None
+    work_dir: Path,
+    cache_dir: Path,
+    timeout_s: float = 120,
+    ports: tuple[int, int] | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
     """Run a single-node broker under work_dir (storage formatted on first use); yield its
-    bootstrap address. Given the same work_dir and ports, a restart keeps the data."""
+    bootstrap address. Given the same work_dir and ports, a restart keeps the data.
+    `overrides` are server.properties entries that win over the defaults."""
     libs = resolve_jars(cache_dir)
     port, controller_port = ports or proc.free_ports(2)
     node = Node(1, work_dir, port, controller_port)
-    _install(node, broker_properties(node.data_dir, port, controller_port), libs, new_cluster_id())
+    properties = broker_properties(node.data_dir, port, controller_port, overrides=overrides)
+    _install(node, properties, libs, new_cluster_id())
     launch = _spawn(node, libs, SINGLE_HEAP)
     try:
         _wait_started(node, launch, timeout_s)

@@ -64,6 +64,7 @@ def worker_process(
         "INGEST_REJECTED_TOPIC": settings.rejected_topic,
         "INGEST_GROUP_ID": settings.group_id,
         "INGEST_WORKER_HTTP_PORT": str(port or free_port()),
+        "INGEST_WORKER_BATCH_MAX_RECORDS": str(settings.worker_batch_max_records),
     }
     with log.open("ab") as out:
         proc = subprocess.Popen(

@@ -30,6 +30,15 @@ def test_broker_can_run_transactions_alone() -> None:
     assert props["controller.quorum.voters"] == "1@127.0.0.1:1235"
 
 
+def test_broker_overrides_win_over_the_defaults() -> None:
+    """An override replaces a default and adds what the defaults lack; the rest stays."""
+    overrides = {"min.insync.replicas": "2", "broker.session.timeout.ms": "600000"}
+    props = _props(kafka.broker_properties(Path("/d"), 1234, 1235, overrides=overrides))
+    assert props["min.insync.replicas"] == "2"
+    assert props["broker.session.timeout.ms"] == "600000"
+    assert props["process.roles"] == "broker,controller"
+
+
 def test_container_broker_matches_local_broker_settings() -> None:
     """The Docker broker gets the same transactional single-node settings."""
     env = containers.kafka_env(4321)
