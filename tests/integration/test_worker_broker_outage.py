@@ -196,7 +196,8 @@ async def test_kafka_outage_mid_stream_loses_and_duplicates_nothing(
             integration_id, type_id = await integration_with_type(
                 client, TEMPLATE_SCHEMA, "store-{store}"
             )
-            events = [event_body(type_id, {"store": f"o{i % 50}", "n": i}) for i in range(6000)]
+            # Enough that the stream is still running when the freeze lands, on a fast machine
+            events = [event_body(type_id, {"store": f"o{i % 50}", "n": i}) for i in range(24_000)]
             ids = await import_events(client, integration_id, events)
         with worker_process(own, bootstrap, api_database, log) as worker:
             await until_some_output(bootstrap, own, at_least=300)
