@@ -95,6 +95,7 @@ class Sink:
         self._lock = threading.Lock()
         self._thread = DaemonThread("kafka-producer")
         self._committing: concurrent.futures.Future[None] | None = None
+        self.commit_s = 0.0  # how long the last commit that succeeded took in librdkafka
 
     async def ensure(self) -> None:
         """A producer with its transactions initialised (which fences a previous producer
@@ -195,12 +196,14 @@ class Sink:
             producer = self._require()
             if not self._open or serial != self._serial:
                 raise TransactionFailed("the transaction to commit was aborted meanwhile")
+            started = time.perf_counter()
             try:
                 self._retrying(lambda t: producer.send_offsets_to_transaction(offsets, group, t))
                 self._retrying(producer.commit_transaction)
             except KafkaException as exc:
                 self._fail(producer, exc)
             self._open = False
+            self.commit_s = time.perf_counter() - started
 
     def _fail(self, producer: Producer, exc: KafkaException) -> None:
         """Settle a failed transaction and raise TransactionFailed. Still retriable after the
