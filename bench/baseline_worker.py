@@ -12,6 +12,13 @@ Settings are the worker's (`INGEST_RAW_TOPIC`, `INGEST_ACCEPTED_TOPIC`, `INGEST_
 and librdkafka runs rebalance callbacks inside `consume()`, so no transaction is ever open
 when partitions are revoked: the default assign/unassign is all a rebalance needs. SIGTERM
 stops it after the batch in hand.
+
+With `BENCH_PASSTHROUGH_WORK=floor` it is the floor instead: the same loop, doing per record
+only the work no worker of this contract can skip, through the same libraries and none of
+the worker's own code around them: parse the value (orjson), validate its attributes
+(jsonschema-rs, the bench's event type), read the timestamp, and write the accepted record
+(the project's Avro encoder, the attributes as JSON). No device, no store, no rejection
+path. What it reaches bounds what any Python worker can reach against the passthrough.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
+import jsonschema_rs
+import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -31,10 +41,24 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from ingest_worker.core import encode
 from ingest_worker.core.config import Settings
+from ingest_worker.core.times import timestamp_micros
 from ingest_worker.worker.sink import METADATA_FAST_REFRESH_MS, TXN_RETRY_BACKOFF_MS
 
 COMMIT_TIMEOUT_S = 30.0
+# The bench's event type (bench/workload.py, `event_type`): the floor validates against it.
+BENCH_SCHEMA = {
+    "type": "object",
+    "required": ["store", "lane"],
+    "properties": {
+        "store": {"type": "string"},
+        "lane": {"type": "integer"},
+        "total": {"type": "number"},
+    },
+}
+
+Value = Callable[[Message], bytes | None]
 
 
 def main() -> None:
@@ -49,8 +73,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     consumer = _consumer(settings.kafka_bootstrap_servers, settings)
     producer = _producer(settings.kafka_bootstrap_servers, settings)
+    value = floor_value() if os.environ.get("BENCH_PASSTHROUGH_WORK") == "floor" else _unchanged
     try:
-        run(settings, consumer, producer, stop)
+        run(settings, consumer, producer, stop, value)
     finally:
         consumer.close()
 
@@ -82,15 +107,22 @@ def _producer(bootstrap: str, settings: Settings) -> Producer:
     return producer
 
 
-def run(settings: Settings, consumer: Consumer, producer: Producer, stop: threading.Event) -> None:
-    """Pass poll batches through, one transaction each, until `stop` is set."""
+def run(
+    settings: Settings,
+    consumer: Consumer,
+    producer: Producer,
+    stop: threading.Event,
+    value: Value,
+) -> None:
+    """Pass poll batches through, one transaction each, until `stop` is set: each record's
+    key and headers, and `value` of it."""
     topic = settings.accepted_topic + ".baseline"
     timeout_s = settings.worker_poll_timeout_ms / 1000
     while not stop.is_set():
         batch = consumer.consume(settings.worker_batch_max_records, timeout_s)
         records = [record for record in batch if _usable(record)]
         if records:
-            _pass(consumer, producer, topic, records)
+            _pass(consumer, producer, (topic, value), records)
 
 
 def _usable(record: Message) -> bool:
@@ -103,12 +135,16 @@ def _usable(record: Message) -> bool:
     return False
 
 
-def _pass(consumer: Consumer, producer: Producer, topic: str, records: list[Message]) -> None:
-    """One transaction: the records, unchanged, and the consumed positions."""
+def _pass(
+    consumer: Consumer, producer: Producer, out: tuple[str, Value], records: list[Message]
+) -> None:
+    """One transaction: the records (their values made by `out`'s function) to `out`'s
+    topic, and the consumed positions."""
+    topic, value = out
     producer.begin_transaction()
     try:
         for record in records:
-            _produce(producer, topic, record)
+            _produce(producer, topic, record, value(record))
         positions = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
         producer.send_offsets_to_transaction(
             positions, consumer.consumer_group_metadata(), COMMIT_TIMEOUT_S
@@ -121,10 +157,56 @@ def _pass(consumer: Consumer, producer: Producer, topic: str, records: list[Mess
         _rewind(consumer)
 
 
-def _produce(producer: Producer, topic: str, record: Message) -> None:
+def _unchanged(record: Message) -> bytes | None:
+    return record.value()
+
+
+def floor_value() -> Value:
+    """The floor's per-record work (see the module's text); a record it cannot read is
+    passed through unchanged (the bench writes none)."""
+    valid = jsonschema_rs.validator_for(BENCH_SCHEMA).is_valid
+
+    def value(record: Message) -> bytes | None:
+        raw = record.value()
+        try:
+            body = orjson.loads(raw or b"")
+            attributes = body["attributes"]
+            headers = dict(record.headers() or ())
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return raw
+        return encode.accepted_value(
+            {
+                "event_id": _text(headers.get("event-id")),
+                "integration_id": int(headers.get("integration-id") or 0),
+                "integration_event_type_id": body["integration_event_type_id"],
+                "event_type_version": 1,
+                "integration_device_id": 1 if valid(attributes) else 0,
+                "device_external_id": body.get("device_external_id"),
+                "device_resolution": "external_id",
+                "device_created": False,
+                "timestamp": timestamp_micros(body["timestamp"]),
+                "duration_ms": 0,
+                "buffer_ms": 0,
+                "attributes_json": orjson.dumps(attributes).decode(),
+                "received_at": int(headers.get("received-at") or 0),
+                "idempotency_key": None,
+                "traceparent": _text(headers.get("traceparent")) or None,
+                "op": "created",
+                "revision": 1,
+            }
+        )
+
+    return value
+
+
+def _text(value: str | bytes | None) -> str:
+    return value.decode() if isinstance(value, bytes) else value or ""
+
+
+def _produce(producer: Producer, topic: str, record: Message, value: bytes | None) -> None:
     while True:
         try:
-            producer.produce(topic, record.value(), record.key(), headers=record.headers())
+            producer.produce(topic, value, record.key(), headers=record.headers())
             return
         except BufferError:  # the local queue is full: let librdkafka send some
             producer.poll(0.01)

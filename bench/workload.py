@@ -71,6 +71,8 @@ WORKER_STREAM_ONLY = WORKER._replace(name="worker-store-off", env={"INGEST_EVENT
 PASSTHROUGH = Contender(
     "passthrough", [sys.executable, str(HERE / "baseline_worker.py")], ".baseline"
 )
+# The passthrough doing only the per-record work no worker can skip (bench/baseline_worker.py).
+FLOOR = PASSTHROUGH._replace(name="floor", env={"BENCH_PASSTHROUGH_WORK": "floor"})
 NAIVE = Contender("naive", [sys.executable, str(HERE / "naive_worker.py")], ".naive")
 
 

@@ -173,6 +173,10 @@ def in_record(message: Message, topic: str) -> InRecord:
     )
 
 
+class StoreUnsettledError(DependencyUnavailable):
+    """A transaction's store writes failed: its Kafka commit was not tried."""
+
+
 class Worker:
     """One consumer-group member: its consumer, sink, database pool and catalog."""
 
@@ -344,22 +348,37 @@ class Worker:
         return True
 
     async def _commit_soon(self) -> None:
-        """Start committing the open transaction; the loop goes on meanwhile. PostgreSQL
-        first: a batch's outputs count only once its rows and devices are committed, so a
-        replay finds them."""
+        """Start committing the open transaction; the loop goes on meanwhile (polls and
+        processes the next batch, whose outputs wait for this commit). PostgreSQL first: the
+        Kafka commit starts once the store writes of the transaction's batches are
+        committed (a batch's outputs count only once its rows and devices are, so a replay
+        finds them); the loop does not wait for those writes itself."""
         try:
             group = await self.on_consumer(self.consumer.consumer_group_metadata)
         except KafkaException as exc:  # not a member of the group now
             await self._recover("kafka", exc)
             return
-        try:
-            await self.storing.settled()
-        except DependencyUnavailable as exc:
-            await self._recover("postgres", exc)
-            return
+        writes = self.storing.pending()  # this transaction's batches' writes, no later ones
         self._committing_offsets = self.offsets.take_pending()
         serial = self.sink.open_transaction()  # never commit another one (a rebalance)
-        self._committing = self.sink.commit_soon(self._committing_offsets, group, serial)
+        self._committing = asyncio.ensure_future(
+            self._commit_after(writes, self._committing_offsets, group, serial)
+        )
+
+    async def _commit_after(
+        self,
+        writes: list[asyncio.Task[pipeline.Decided]],
+        offsets: dict[Partition, int],
+        group: object,
+        serial: int | None,
+    ) -> None:
+        """Once these store writes are committed, commit transaction `serial` with
+        `offsets`, within the bound of its librdkafka calls."""
+        try:
+            await self.storing.settled(writes)
+        except DependencyUnavailable as exc:
+            raise StoreUnsettledError(str(exc)) from exc
+        await self._bounded(self.sink.commit_soon(offsets, group, serial), "commit")
 
     async def _settled(self) -> bool:
         """Wait for the commit in flight; False if it failed (everything since the last
@@ -368,9 +387,11 @@ class Worker:
         if committing is None:
             return True
         try:
-            await self._outcome(committing)
+            await committing
         except DependencyUnavailable as exc:
-            await self._recover("kafka", exc)
+            await self._recover(
+                "postgres" if isinstance(exc, StoreUnsettledError) else "kafka", exc
+            )
             return False
         self.offsets.committed(self._committing_offsets)
         self.storing.isolate = False  # past whatever record PostgreSQL refused
@@ -379,11 +400,6 @@ class Worker:
         self._failures = 0
         self.metrics.set_dependencies_up(True)
         return True
-
-    async def _outcome(self, committing: asyncio.Future[None]) -> None:
-        """A commit's outcome, waited for within the bound of its calls (send the offsets,
-        commit, abort)."""
-        await self._bounded(committing, "commit")
 
     async def _ensure_sink(self) -> None:
         """A producer ready for transactions, started within the same bound."""
@@ -420,7 +436,7 @@ class Worker:
         )
         if self._committing is not None:  # its outcome shows in the committed offsets
             with suppress(DependencyUnavailable):
-                await self._outcome(self._committing)
+                await self._committing
             self._committing = None
         await self.storing.drop()  # its batch is put back with the rest
         await self.sink.abort()

@@ -84,7 +84,10 @@ async def write(conn: Conn, revisions: Sequence[Revision]) -> None:
     """Store the batch's revisions (a row already there, from a replay, is kept): the newest
     of each event is its current one, and the stored revisions that changes follow are
     retired."""
-    newest = superseded(revisions)
+    # Only a change (revision 2 on) retires a stored revision or another of the batch's: in
+    # a batch of new events alone, every accepted row is current (`_row`'s default).
+    changing = any(rev.revision > 1 for rev in revisions)
+    newest = superseded(revisions) if changing else {}
     await _supersede(conn, newest)
     if not revisions:
         return

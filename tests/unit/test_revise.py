@@ -174,6 +174,17 @@ def test_only_the_newest_accepted_revision_is_current() -> None:
     assert _row(gone, superseded([gone]), 0)[5] is False
 
 
+def test_rows_of_new_events_alone_are_current_as_superseded_would_say() -> None:
+    """A batch without changes skips `superseded` (store.write): its rows, written with no
+    newest revisions, are current exactly where they would be with them."""
+    created = _created()
+    twice = [created, created._replace(received_at_ms=created.received_at_ms + 1)]
+    refused = created._replace(event_id="other", revision=0, op="rejected")
+    rows = [*twice, refused]
+    assert [_row(r, {}, 0)[5] for r in rows] == [_row(r, superseded(rows), 0)[5] for r in rows]
+    assert [_row(r, {}, 0)[5] for r in rows] == [True, True, False]
+
+
 def test_a_rejection_is_stored_unless_it_has_no_integration_or_is_a_duplicate() -> None:
     """Revision 0 with the error; nothing for a duplicate (the id is the original's) or for
     a record naming no integration."""
