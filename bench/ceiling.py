@@ -128,6 +128,7 @@ def save(runs: list[Ceiling], note: str = "") -> None:
         "records/s",
         [Pair(c.records_s, None) for c in runs],
         None,
+        role="— (the ceiling)",
         note=", ".join(f"{c.mb_s:.1f} MB/s" for c in runs) + note,
         load_generator="the tool's JVM: "
         + ", ".join(f"{c.generator_cpu_us:.1f} µs/record" for c in runs),

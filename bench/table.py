@@ -27,6 +27,7 @@ ORDER = [
     "quix_peer",
     "worker_vs_naive",
     "worker_vs_passthrough",
+    "floor_vs_passthrough",
     "worker_partitions",
     "worker_store",
     "api_sync_vs_async",
@@ -52,7 +53,7 @@ def render(results: dict[str, Entry]) -> str:
         number = commands.index(e["command"]) + 1
         lines.append(
             f"| {e['figure']} [{number}] | {_measured(e)} | {_baseline(e)} "
-            f"| {e['target'] or '— (the ceiling)'} | {_met(e['met'])} |"
+            f"| {e['target'] or e.get('role') or '—'} | {_met(e['met'])} |"
         )
     missing = [key for key in ORDER if key not in dict(entries)]
     if missing:

@@ -347,6 +347,7 @@ def _save(args: argparse.Namespace, rounds: list[list[Row]]) -> None:
         [Pair(r.floor.rate, r.passthrough.rate) for r in first],
         None,
         "passthrough",
+        role="— (a reference: the least per-record work, committing every poll)",
         note="of the passthrough: "
         + " / ".join(f"{r.floor.rate / r.passthrough.rate:.0%}" for r in first)
         + "; the worker at "
