@@ -31,6 +31,7 @@ from confluent_kafka.cimpl import NewTopic
 from devstack.stack import services
 from ingest_worker.core.config import Settings
 from ingest_worker.core.migrate import migrate
+from ingest_worker.core.raw import random_event_ids
 
 HERE = Path(__file__).resolve().parent
 DEVICES = 2000
@@ -164,7 +165,7 @@ def raw_event(
         "timestamp": "2024-06-01T12:00:00.123Z",
         "attributes": {"store": f"S{n % 97}", "lane": n % (DEVICES // 97), "total": n / 100},
     }
-    event_id = str(uuid.uuid4())
+    event_id = random_event_ids(1)[0]  # as the API mints them
     key = event_id
     if external_ids is not None or n % 3 == 0:
         external_id = f"ext-{n % (external_ids or DEVICES)}"
