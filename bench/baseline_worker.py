@@ -47,8 +47,9 @@ from ingest_worker.core.times import timestamp_micros
 from ingest_worker.worker.sink import METADATA_FAST_REFRESH_MS, TXN_RETRY_BACKOFF_MS
 
 COMMIT_TIMEOUT_S = 30.0
-# The bench's event type (bench/workload.py, `event_type`): the floor validates against it.
-BENCH_SCHEMA = {
+# The bench's event type's schema (bench/workload.py makes the type): the floor validates
+# against it. Kept here, where a script that imports nothing of the bench's finds it.
+EVENT_SCHEMA = {
     "type": "object",
     "required": ["store", "lane"],
     "properties": {
@@ -164,7 +165,7 @@ def _unchanged(record: Message) -> bytes | None:
 def floor_value() -> Value:
     """The floor's per-record work (see the module's text); a record it cannot read is
     passed through unchanged (the bench writes none)."""
-    valid = jsonschema_rs.validator_for(BENCH_SCHEMA).is_valid
+    valid = jsonschema_rs.validator_for(EVENT_SCHEMA).is_valid
 
     def value(record: Message) -> bytes | None:
         raw = record.value()

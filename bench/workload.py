@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import orjson
 import psycopg
+from baseline_worker import EVENT_SCHEMA
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
@@ -130,15 +131,7 @@ def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None
 
 def event_type(database_url: str) -> tuple[int, int]:
     """A fresh integration with one event type resolving devices by `{store}:{lane}`."""
-    schema = {
-        "type": "object",
-        "required": ["store", "lane"],
-        "properties": {
-            "store": {"type": "string"},
-            "lane": {"type": "integer"},
-            "total": {"type": "number"},
-        },
-    }
+    schema = EVENT_SCHEMA
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "INSERT INTO integrations (name) VALUES ('bench') RETURNING id"

@@ -57,23 +57,33 @@ def event_id(integration_id: int, idempotency_key: str | None, index: int | None
 def random_event_ids(count: int, now_ms: int | None = None) -> list[str]:
     """`count` time-ordered random UUIDs (version 7, RFC 9562) as text: the Unix time in ms
     (`now_ms`, else the clock's), then 74 random bits, from one read of the OS's randomness
-    (an import's ids at a quarter of `str(uuid.uuid4())`'s CPU each). Ids minted close
-    together sort together, so the event store's primary key takes them near its right edge
-    instead of at random pages: PostgreSQL spent 15-25% less CPU per stored event than with
-    version 4 ids, in three alternated pairs of worker runs (150,000 events each)."""
+    (an import's ids at a fifth of `str(uuid.uuid4())`'s CPU each: 0.5 against 2.7 µs).
+    Ids minted close together sort together, so the event store's primary key takes them
+    near its right edge instead of at random pages: PostgreSQL spent 15-25% less CPU per
+    stored event than with version 4 ids, in three alternated pairs of worker runs."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    stamp = (ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big")
-    raw = bytearray(os.urandom(16 * count))
-    for i in range(0, 16 * count, 16):
-        raw[i : i + 6] = stamp
-    raw[6::16] = bytes(b & 0x0F | 0x70 for b in raw[6::16])  # version 7
-    raw[8::16] = bytes(b & 0x3F | 0x80 for b in raw[8::16])  # RFC 9562 variant
+    if count == 1:  # the single-event route: 1.9 µs this way, 3.4 the way below
+        return [_one_event_id(ms)]
+    stamp = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
+    head = f"{stamp[:8]}-{stamp[8:]}-"  # the same for every id of the call
+    raw = bytearray(os.urandom(10 * count))  # per id: version and 12 bits, variant and 62
+    raw[0::10] = bytes(b & 0x0F | 0x70 for b in raw[0::10])  # version 7
+    raw[2::10] = bytes(b & 0x3F | 0x80 for b in raw[2::10])  # RFC 9562 variant
     h = raw.hex()
     return [
-        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-"
-        f"{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
-        for i in range(0, 32 * count, 32)
+        f"{head}{h[i : i + 4]}-{h[i + 4 : i + 8]}-{h[i + 8 : i + 20]}"
+        for i in range(0, 20 * count, 20)
     ]
+
+
+def _one_event_id(ms: int) -> str:
+    """One version 7 UUID as text, built as an integer: time, version, 12 random bits,
+    variant, 62 random bits."""
+    r = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7000 << 64 | (r >> 64 & 0xFFF) << 64
+    value |= 1 << 63 | r & 0x3FFF_FFFF_FFFF_FFFF
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def device_hint(integration_id: int, event: dict[str, Any]) -> str | None:

@@ -30,6 +30,16 @@ def test_random_event_ids_start_with_their_millisecond_and_sort_by_it() -> None:
     assert abs((uuid.UUID(now).int >> 80) - time.time_ns() // 1_000_000) < 60_000
 
 
+def test_a_single_random_id_is_a_version_7_uuid_too() -> None:
+    """One id is built another way (the single-event route's): same form, still random."""
+    ids = [raw.random_event_ids(1)[0] for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, text)
+    assert len({text[15:] for text in ids}) == 2000
+
+
 def test_a_random_id_names_the_event_only_without_a_key() -> None:
     given = raw.random_event_ids(1)[0]
     trace = raw.traceparent(None)
