@@ -18,7 +18,8 @@ only the work no worker of this contract can skip, through the same libraries an
 the worker's own code around them: parse the value (orjson), validate its attributes
 (jsonschema-rs, the bench's event type), read the timestamp, and write the accepted record
 (the project's Avro encoder, the attributes as JSON). No device, no store, no rejection
-path. What it reaches bounds what any Python worker can reach against the passthrough.
+path. A reference, not a bound: a worker that overlaps its commits with the next batch
+could pass it, but every worker of this contract does at least this work per record.
 """
 
 from __future__ import annotations

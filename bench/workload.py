@@ -131,7 +131,6 @@ def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None
 
 def event_type(database_url: str) -> tuple[int, int]:
     """A fresh integration with one event type resolving devices by `{store}:{lane}`."""
-    schema = EVENT_SCHEMA
     with psycopg.connect(database_url) as conn:
         row = conn.execute(
             "INSERT INTO integrations (name) VALUES ('bench') RETURNING id"
@@ -140,7 +139,7 @@ def event_type(database_url: str) -> tuple[int, int]:
         typed = conn.execute(
             "INSERT INTO event_types (integration_id, name, schema, external_device_id_template) "
             "VALUES (%s, 'sale', %s, '{store}:{lane}') RETURNING id",
-            (row[0], orjson.dumps(schema).decode()),
+            (row[0], orjson.dumps(EVENT_SCHEMA).decode()),
         ).fetchone()
         assert typed is not None
         return int(row[0]), int(typed[0])
