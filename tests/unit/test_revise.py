@@ -23,8 +23,9 @@ from ingest_worker.worker.revise import (
     revise,
     superseded,
 )
-from ingest_worker.worker.store import _row
+from ingest_worker.worker.store import COLUMN_NAMES, _row
 
+CURRENT = COLUMN_NAMES.index("current")
 EVENT_ID = "6f0b5e4e-7f47-4d1c-9a57-2c1f0e0b7a11"
 SCHEMA = {
     "type": "object",
@@ -169,9 +170,9 @@ def test_only_the_newest_accepted_revision_is_current() -> None:
     rows = [base, second]
     newest = superseded(rows)
     assert newest == {base.key: (base.received_at_ms, 2)}
-    assert [_row(r, newest, 0)[5] for r in rows] == [False, True]
+    assert [_row(r, newest, 0)[CURRENT] for r in rows] == [False, True]
     gone = second._replace(revision=3, op="deleted")
-    assert _row(gone, superseded([gone]), 0)[5] is False
+    assert _row(gone, superseded([gone]), 0)[CURRENT] is False
 
 
 def test_rows_of_new_events_alone_are_current_as_superseded_would_say() -> None:
@@ -181,8 +182,10 @@ def test_rows_of_new_events_alone_are_current_as_superseded_would_say() -> None:
     twice = [created, created._replace(received_at_ms=created.received_at_ms + 1)]
     refused = created._replace(event_id="other", revision=0, op="rejected")
     rows = [*twice, refused]
-    assert [_row(r, {}, 0)[5] for r in rows] == [_row(r, superseded(rows), 0)[5] for r in rows]
-    assert [_row(r, {}, 0)[5] for r in rows] == [True, True, False]
+    assert [_row(r, {}, 0)[CURRENT] for r in rows] == [
+        _row(r, superseded(rows), 0)[CURRENT] for r in rows
+    ]
+    assert [_row(r, {}, 0)[CURRENT] for r in rows] == [True, True, False]
 
 
 def test_a_rejection_is_stored_unless_it_has_no_integration_or_is_a_duplicate() -> None:
