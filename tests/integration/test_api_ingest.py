@@ -198,6 +198,8 @@ async def test_idempotency_key_gives_the_same_event_id(
     other = await admin_client.post(
         path, json=event(event_type_id), headers={"idempotency-key": "k-2"}
     )
+    for answer in (first, again, other):
+        assert answer.status_code == 202, answer.text
     assert first.json()["event_id"] == again.json()["event_id"] != other.json()["event_id"]
     too_long = await admin_client.post(
         path, json=event(event_type_id), headers={"idempotency-key": "k" * 256}
