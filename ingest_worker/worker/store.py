@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 from psycopg import postgres
-from psycopg.adapt import Dumper, PyFormat
+from psycopg.adapt import AdaptersMap, Dumper, PyFormat
 from psycopg.pq import Format
 from psycopg.rows import tuple_row
 
@@ -140,12 +140,21 @@ async def write(conn: Conn, revisions: Sequence[Revision]) -> None:
 
 async def _copy(conn: Conn, table: str, rows: list[tuple[Any, ...]]) -> None:
     async with conn.cursor() as cur:
-        cur.adapters.register_dumper(None, _UuidText)  # this cursor's, by oid only
-        cur.adapters.register_dumper(None, _BYTEA)
+        binary_dumpers(cur.adapters)
         async with cur.copy(_COPY.format(table=table)) as copy:
             copy.set_types(_TYPES)
-            for row in rows:
-                await copy.write_row(row)
+            try:
+                for row in rows:
+                    await copy.write_row(row)
+            except (TypeError, ValueError, OverflowError) as exc:  # a value no dumper takes
+                raise psycopg.DataError(f"a row the COPY cannot send: {exc}") from exc
+
+
+def binary_dumpers(adapters: AdaptersMap) -> None:
+    """Register, by oid only, in these adapters (a cursor's own), the dumpers `_TYPES` needs
+    beyond psycopg's: an id's text to uuid, and psycopg's C dumper of bytes for bytea."""
+    adapters.register_dumper(None, _UuidText)
+    adapters.register_dumper(None, _BYTEA)
 
 
 # psycopg's C dumper of bytes (by oid, the bytea dumper is the Python one of `Binary`).
@@ -160,11 +169,12 @@ class _UuidText(Dumper):
 
     def dump(self, obj: str) -> bytes:
         try:
-            value = bytes.fromhex(obj.replace("-", ""))
-        except ValueError:
+            canonical = len(obj) == 36 and obj[8] == obj[13] == obj[18] == obj[23] == "-"
+            value = bytes.fromhex(obj.replace("-", "")) if canonical else b""
+        except (TypeError, ValueError):
             value = b""
         if len(value) != 16:  # short, the server would call it a protocol violation
-            raise psycopg.DataError(f"not a uuid: {obj[:40]!r}")
+            raise psycopg.DataError(f"not a uuid: {str(obj)[:40]!r}")
         return value
 
 

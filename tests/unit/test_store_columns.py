@@ -10,14 +10,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import postgres
+from psycopg._copy_base import BinaryFormatter
+from psycopg.adapt import AdaptersMap, Transformer
+from psycopg.pq import Format
 
 from ingest_worker.core.rejections import Source
 from ingest_worker.worker import store
 from ingest_worker.worker.revise import Revision
 
-MIGRATION = (
-    Path(store.__file__).parents[1] / "core" / "migrations" / "0007_event_store.sql"
-).read_text()
+MIGRATION_DIR = Path(store.__file__).parents[1] / "core" / "migrations"
+MIGRATION = (MIGRATION_DIR / "0007_event_store.sql").read_text()
 # The column names a Revision's fields go to, where they differ.
 RENAMED = {"event_id": "id", "attributes_json": "attributes"}
 BINARY_OF = {"integer": "int4", "bigint": "int8", "boolean": "bool", "json": "text"}
@@ -29,6 +32,16 @@ def _table_columns() -> dict[str, str]:
     body = MIGRATION.split("CREATE TABLE events (", 1)[1].split("PRIMARY KEY", 1)[0]
     found = re.findall(r"^\s+([a-z_]+)\s+([a-z]+)", body, re.MULTILINE)
     return {name: BINARY_OF.get(kind, kind) for name, kind in found}
+
+
+def test_no_later_migration_changes_the_columns() -> None:
+    """The binary COPY's types are the table's as migration 0007 made them: a migration that
+    alters `events` must change `_TYPES` too (and this test)."""
+    for migration in sorted(MIGRATION_DIR.glob("*.sql")):
+        if migration.name <= "0007_event_store.sql":
+            continue
+        text = re.sub(r"ALTER TABLE events (ATTACH|DETACH) PARTITION", "", migration.read_text())
+        assert not re.search(r"ALTER TABLE (IF EXISTS )?(ONLY )?events\b", text), migration.name
 
 
 def test_the_copy_names_every_column_of_the_table_with_its_binary_type() -> None:
@@ -84,6 +97,39 @@ def test_a_row_puts_each_value_under_its_column() -> None:
     assert new[store.COLUMN_NAMES.index("created_ms")] == 3_000
 
 
+class _Context:
+    """What a Transformer adapts with: a cursor's own adapters, no connection."""
+
+    def __init__(self, adapters: AdaptersMap) -> None:
+        self.adapters = adapters
+        self.connection = None
+
+
+def test_a_row_is_formatted_with_the_copy_s_own_dumpers() -> None:
+    """With the dumpers `_copy` registers, a row's id goes as its 16 bytes and its raw key as
+    the bytes themselves (psycopg's own dumpers would refuse a str id); without them, the id
+    cannot be sent at all."""
+    revision = Revision(
+        7, EVENT_ID, 1, 1_000, "created", 3, 4, 5, None, "direct", 6_000, 700, 80,
+        "{}", 1_000, None, None, b"raw-key", Source("raw", 9, 42), None, None,
+    )  # fmt: skip
+    row = store._row(revision, {}, 3_000)
+    oids = [postgres.types[name].oid for name in store._TYPES]
+    adapters = AdaptersMap(psycopg.adapters)
+    store.binary_dumpers(adapters)
+    transformer = Transformer(_Context(adapters))
+    transformer.set_dumper_types(oids, Format.BINARY)
+    formatter = BinaryFormatter(transformer)
+    formatter.write_row(row)
+    sent = bytes(formatter.end())
+    assert b"\x00\x00\x00\x10" + uuid.UUID(EVENT_ID).bytes in sent
+    assert b"\x00\x00\x00\x07raw-key" in sent
+    plain = Transformer(_Context(AdaptersMap(psycopg.adapters)))
+    plain.set_dumper_types(oids, Format.BINARY)
+    with pytest.raises((TypeError, AttributeError)):
+        BinaryFormatter(plain).write_row(row)
+
+
 def test_an_event_id_is_sent_as_its_sixteen_bytes() -> None:
     """The canonical text of a uuid, in either case, becomes the uuid's own bytes."""
     dumper = store._UuidText(str)
@@ -93,10 +139,21 @@ def test_an_event_id_is_sent_as_its_sixteen_bytes() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "not-a-uuid", EVENT_ID[:-2], EVENT_ID + "00", "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5g"],
+    [
+        "",
+        "not-a-uuid",
+        EVENT_ID[:-2],
+        EVENT_ID + "00",
+        "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5g",
+        EVENT_ID.replace("-", ""),
+        EVENT_ID.replace("-", " "),
+        EVENT_ID[:-1] + " ",
+        12345,
+    ],
 )
 def test_anything_else_is_a_data_error(text: str) -> None:
-    """Not 16 bytes of hex: a data error (the batch's record at fault is then found and
-    rejected alone), never a short value the server would take for a protocol violation."""
+    """Not a uuid's canonical text (36 characters, dashes in their places, hex digits
+    between): a data error (the batch's record at fault is then found and rejected alone),
+    never a short value the server would take for a protocol violation."""
     with pytest.raises(psycopg.DataError):
         store._UuidText(str).dump(text)
