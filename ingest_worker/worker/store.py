@@ -146,7 +146,8 @@ async def _copy(conn: Conn, table: str, rows: list[tuple[Any, ...]]) -> None:
             try:
                 for row in rows:
                     await copy.write_row(row)
-            except (TypeError, ValueError, OverflowError) as exc:  # a value no dumper takes
+            except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+                # a value the column's dumper does not take: the record at fault is isolated
                 raise psycopg.DataError(f"a row the COPY cannot send: {exc}") from exc
 
 
