@@ -61,8 +61,8 @@ async def load(conn: Conn, keys: set[EventKey], raw_topic: str) -> dict[EventKey
 
 
 # The batch's rows go in with one binary COPY, as the worker holds them (times are epoch
-# integers in the table). Measured per row, the write of 2,000-row batches took 4.1-5.3 µs
-# of the worker's CPU against 5.7-7.7 in text format (formatting alone: 1.3 against 2.0,
+# integers in the table). Measured per row, the write of 2,000-row batches took 4.0-4.5 µs
+# of the worker's CPU against 5.1-6.3 in text format (formatting alone: 1.3 against 2.0,
 # the binary dumpers being chosen once per column, not per value); an INSERT over
 # unnest()ed arrays ~35; and COPY takes half the server's work of an INSERT ... SELECT
 # from a staging table. A replayed batch, whose rows are partly stored, fails that COPY on
